@@ -1,0 +1,1 @@
+"""Network definitions; importing this package registers every architecture."""

@@ -1,0 +1,1 @@
+"""The liverseg inference service. Importing this package must not import FastAPI."""

@@ -1,0 +1,63 @@
+"""Domain errors raised deep in I/O, the engine and the worker; the web layer maps them to HTTP.
+
+Each has a stable machine-readable `code` (the `error` field of the JSON body) and a human
+`detail` sentence. Nothing here knows about HTTP status codes.
+"""
+
+from __future__ import annotations
+
+
+class LiversegError(Exception):
+    """Base of every error a client can cause or be told about."""
+
+    code = "bad_request"
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class UnsupportedFormat(LiversegError):
+    """The upload is not a format we read (or not what its name claims)."""
+
+    code = "unsupported_format"
+
+
+class InvalidVolume(LiversegError):
+    """The upload decodes but is not a usable CT volume (2D, 4D, NaN, tilted, non-CT, mixed series)."""
+
+    code = "invalid_volume"
+
+
+class TooLarge(LiversegError):
+    """A configured limit (bytes, voxels, slices, zip members, decompressed bytes) is exceeded."""
+
+    code = "too_large"
+
+
+class UnknownModel(LiversegError):
+    """The requested model is not in the registry."""
+
+    code = "unknown_model"
+
+
+class UnsupportedOutput(LiversegError):
+    """The requested output cannot be made for this input (e.g. DICOM SEG from NIfTI)."""
+
+    code = "unsupported_output"
+
+
+class Busy(LiversegError):
+    """The worker's queue is full or the device ran out of memory; try again later."""
+
+    code = "busy"
+
+    def __init__(self, detail: str, retry_after_s: int = 5):
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class NotFound(LiversegError):
+    """A job or file that does not exist (or has expired)."""
+
+    code = "not_found"

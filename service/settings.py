@@ -1,0 +1,59 @@
+"""All settings, from `LIVERSEG_*` environment variables, read once here and passed down."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Nothing else in the project reads the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="LIVERSEG_", frozen=True)
+
+    # Serving
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    model: str = Field("unet3d_ds.phantom_3mm", description="Default model (registry name).")
+    device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:N'.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated keys; empty means no authentication."
+    )
+    data_dir: Path = Field(Path("var"), description="Jobs database and result files.")
+    job_ttl_s: int = Field(24 * 3600, ge=60, description="Job files are deleted this long after they finish.")
+    queue_size: int = Field(8, ge=1, description="Requests waiting for the worker before 503.")
+    request_timeout_s: float = Field(900.0, gt=0)
+    queue_url: str | None = Field(None, description="redis://... to scale out over worker processes.")
+
+    # Inference
+    window_batch_size: int = Field(4, ge=1)
+    overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    skip_air_hu: float | None = Field(-500.0, description="Windows whose every voxel is below this HU are skipped.")
+    confidence_review_threshold: float = Field(0.1, ge=0, le=1, description="Flag review above this low-confidence fraction.")
+    low_confidence: float = Field(0.5, ge=0, le=1, description="A voxel below this confidence counts as low.")
+
+    # Limits, checked before memory is allocated
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1)
+    max_voxels: int = Field(512 * 512 * 2000, ge=1)
+    max_slices: int = Field(3000, ge=1)
+    max_zip_members: int = Field(5000, ge=1)
+    max_decompressed_bytes: int = Field(4 * 1024**3, ge=1)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Training, evaluation and synthetic phantoms; writes checkpoints into model_zoo."""
