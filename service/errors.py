@@ -61,3 +61,21 @@ class NotFound(LiversegError):
     """A job or file that does not exist (or has expired)."""
 
     code = "not_found"
+
+
+class InvalidOption(LiversegError):
+    """A request option that does not apply (e.g. a UNet++ depth for another architecture)."""
+
+    code = "invalid_option"
+
+
+class Unauthorized(LiversegError):
+    """A missing or wrong API key."""
+
+    code = "unauthorized"
+
+
+class NotReady(LiversegError):
+    """A job's result was asked for before the job finished."""
+
+    code = "not_ready"

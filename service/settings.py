@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     model: str = Field("unet3d_ds.phantom_3mm", description="Default model (registry name).")
+    model_dir: Path | None = Field(None, description="Checkpoint folder; default: the bundled model_zoo/checkpoints.")
     device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:N'.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated keys; empty means no authentication."

@@ -1,0 +1,26 @@
+"""`python -m service [--host H] [--port P]`: serve the app with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(prog="python -m service", description="Serve liverseg over HTTP.")
+    parser.add_argument("--host", default=defaults.host, help=f"interface to bind (default {defaults.host})")
+    parser.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port})")
+    args = parser.parse_args(argv)
+    settings = defaults.model_copy(update={"host": args.host, "port": args.port})
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The HTTP layer: routers, dependencies, and the one place domain errors become HTTP answers."""

@@ -1,0 +1,76 @@
+"""Domain errors -> HTTP: one table, one JSON body `{"error": code, "detail": sentence}`."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import errors
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[errors.LiversegError], int] = {
+    errors.UnsupportedFormat: 415,
+    errors.InvalidVolume: 422,
+    errors.TooLarge: 413,
+    errors.UnknownModel: 404,
+    errors.NotFound: 404,
+    errors.UnsupportedOutput: 422,
+    errors.InvalidOption: 422,
+    errors.NotReady: 409,
+    errors.Unauthorized: 401,
+    errors.Busy: 503,
+}
+
+
+def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def status_of(error: errors.LiversegError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400
+
+
+async def _domain(_: Request, error: errors.LiversegError) -> JSONResponse:
+    headers = None
+    if isinstance(error, errors.Busy):
+        headers = {"Retry-After": str(error.retry_after_s)}
+    elif isinstance(error, errors.Unauthorized):
+        headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'}
+    return error_response(status_of(error), error.code, error.detail, headers)
+
+
+async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {item.get('msg', 'invalid')}")
+    return error_response(422, "invalid_request", "; ".join(parts) or "The request is not valid.")
+
+
+async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
+    return error_response(
+        error.status_code, codes.get(error.status_code, f"http_{error.status_code}"), str(error.detail),
+        getattr(error, "headers", None),
+    )
+
+
+async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=error)
+    return error_response(500, "internal_error", "The service failed unexpectedly; its log has details.")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on an app."""
+    app.add_exception_handler(errors.LiversegError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,130 @@
+"""Asynchronous jobs: POST /jobs answers 202 at once; poll GET /jobs/{id}; fetch the files."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+
+from service.api.deps import JobsDep, RunnerDep, SettingsDep, WorkerDep, require_api_key
+from service.api.segment import ERRORS, FileField, FilesField
+from service.api.uploads import collect, spool
+from service.errors import NotFound, NotReady, UnsupportedOutput
+from service.job_runner import CONFIDENCE, MASK, PREVIEW
+from service.jobs import JobRecord, JobStore
+from service.requests import SegmentParams
+from service.schemas import ErrorBody, Job
+from service.worker import InferenceWorker
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
+
+
+def _job(record: JobRecord, store: JobStore, worker: InferenceWorker) -> Job:
+    position = store.position(record.id) if record.state == "queued" else None
+    eta = None
+    if position is not None:
+        eta = worker.expected_wait_s(position + 1)
+    elif record.state == "running" and worker.recent_seconds:
+        eta = max(0.0, (1 - record.progress) * sum(worker.recent_seconds) / len(worker.recent_seconds))
+    base = f"/jobs/{record.id}"
+    links = {"self": base}
+    if record.state == "done":
+        links |= {"mask": f"{base}/mask", "preview": f"{base}/preview.png"}
+        if (store.folder(record.id) / CONFIDENCE).exists():
+            links["confidence"] = f"{base}/confidence"
+    return Job(
+        id=record.id, state=record.state, progress=record.progress, created_at=record.created_at,
+        started_at=record.started_at, finished_at=record.finished_at, queue_position=position, eta_s=eta,
+        summary=record.summary, links=links,
+        error=None if record.error is None else ErrorBody(error=record.error, detail=record.detail or ""),
+    )
+
+
+def _record(store: JobStore, job_id: str) -> JobRecord:
+    record = store.get(job_id)
+    if record is None:
+        raise NotFound(f"No job {job_id!r}: it never existed, was deleted, or expired.")
+    return record
+
+
+def _finished_file(store: JobStore, job_id: str, name: str, what: str) -> Path:
+    record = _record(store, job_id)
+    if record.state == "failed":
+        raise NotReady(f"The job failed ({record.error}): {record.detail}")
+    if record.state != "done":
+        raise NotReady(f"The job is {record.state} ({record.progress:.0%}); its {what} is not ready yet.")
+    path = store.folder(job_id) / name
+    if not path.exists():
+        raise NotFound(f"This job has no {what}" + (" (ask for it with confidence=true)." if name == CONFIDENCE else "."))
+    return path
+
+
+@router.post("", status_code=202, response_model=Job, responses=ERRORS)
+async def create_job(
+    params: Annotated[SegmentParams, Query()],
+    settings: SettingsDep,
+    store: JobsDep,
+    runner: RunnerDep,
+    worker: WorkerDep,
+    response: Response,
+    file: FileField = None,
+    files: FilesField = None,
+) -> Job:
+    """Accept a CT for segmentation in the background; answers 202 with the job's Location."""
+    parts = collect(file, files)
+    if params.output not in ("nifti", "json"):
+        raise UnsupportedOutput("A job makes every output; fetch them from its links (leave 'output' out).")
+    worker.check_model(params.model or settings.model)
+    with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.data_dir) as folder:
+        uploads = await run_in_threadpool(spool, parts, Path(folder))
+        record = await run_in_threadpool(
+            store.create, params.model_dump(), [(u.filename, u.path) for u in uploads]
+        )
+    runner.wake()
+    response.headers["Location"] = f"/jobs/{record.id}"
+    return _job(record, store, worker)
+
+
+@router.get("/{job_id}", response_model=Job, responses={404: {"model": ErrorBody}})
+def get_job(job_id: str, store: JobsDep, worker: WorkerDep) -> Job:
+    """Where a job stands: state, progress 0-1, queue position, and its summary once done."""
+    return _job(_record(store, job_id), store, worker)
+
+
+@router.get("/{job_id}/mask", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+def get_mask(job_id: str, store: JobsDep) -> FileResponse:
+    """The liver mask, .nii.gz uint8 on the input's exact grid."""
+    return FileResponse(_finished_file(store, job_id, MASK, "mask"), media_type="application/gzip", filename="liver_mask.nii.gz")
+
+
+@router.get("/{job_id}/confidence", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+def get_confidence(job_id: str, store: JobsDep) -> FileResponse:
+    """The confidence map, .nii.gz float32 in [0, 1] on the input's grid (jobs made with confidence=true)."""
+    return FileResponse(
+        _finished_file(store, job_id, CONFIDENCE, "confidence map"), media_type="application/gzip",
+        filename="liver_confidence.nii.gz",
+    )
+
+
+@router.get("/{job_id}/preview.png", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+def get_preview(job_id: str, store: JobsDep) -> FileResponse:
+    """Axial and coronal slices with the mask (and confidence) drawn over the CT."""
+    return FileResponse(_finished_file(store, job_id, PREVIEW, "preview"), media_type="image/png")
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses={404: {"model": ErrorBody}})
+def delete_job(job_id: str, store: JobsDep) -> Response:
+    """Forget a job and delete its files (a running job finishes, then its results are dropped)."""
+    if not store.delete(job_id):
+        raise NotFound(f"No job {job_id!r}.")
+    return Response(status_code=204)
+
+
+@router.get("", response_model=dict[str, int])
+def count_jobs(store: JobsDep) -> JSONResponse:
+    """Number of jobs in each state."""
+    return JSONResponse(store.counts())

@@ -1,0 +1,85 @@
+"""POST /segment: a CT in, the liver mask (or its summary) out, synchronously."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from service.api.deps import MetricsDep, SettingsDep, WorkerDep, require_api_key
+from service.api.uploads import collect, spool
+from service.errors import Busy, UnsupportedOutput
+from service.io.decode import decode_upload
+from service.requests import SegmentParams, inference_options
+from service.results import build_summary, encode_output, summary_headers
+from service.schemas import ErrorBody, Summary
+from service.worker import SegmentTask
+
+router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
+
+ERRORS = {status: {"model": ErrorBody} for status in (401, 404, 413, 415, 422, 503)}
+FileField = Annotated[UploadFile | None, File(description="One CT: .nii, .nii.gz, .mha, .nrrd, or a .zip of one DICOM series.")]
+FilesField = Annotated[list[UploadFile] | None, File(description="The DICOM files of one series, repeated.")]
+
+
+@router.post(
+    "/segment",
+    responses={
+        200: {
+            "description": "The mask (.nii.gz, uint8, the input's exact geometry), its summary, a SEG or a confidence map.",
+            "content": {"application/gzip": {}, "application/dicom": {}, "application/json": {"schema": Summary.model_json_schema()}},
+        },
+        **ERRORS,
+    },
+    response_class=Response,
+)
+async def segment(
+    params: Annotated[SegmentParams, Query()],
+    settings: SettingsDep,
+    worker: WorkerDep,
+    metrics: MetricsDep,
+    file: FileField = None,
+    files: FilesField = None,
+) -> Response:
+    """Segment the liver in one CT and answer when it is done (large studies: use /jobs)."""
+    parts = collect(file, files)
+    model_name = params.model or settings.model
+    worker.check_model(model_name)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.data_dir) as folder:
+        uploads = await run_in_threadpool(spool, parts, Path(folder))
+        volume = await run_in_threadpool(decode_upload, uploads, settings)
+    decode_s = time.perf_counter() - started
+    if params.output == "dicom-seg" and volume.source != "dicom":
+        raise UnsupportedOutput(
+            f"DICOM SEG output needs a DICOM input to reference; this input was {volume.source}. "
+            "Ask for output=nifti instead."
+        )
+
+    future = worker.submit(SegmentTask(volume.image, model_name, inference_options(params, settings)))
+    try:
+        result = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
+    except TimeoutError:
+        future.cancel()
+        raise Busy(
+            f"The segmentation did not finish within {settings.request_timeout_s:.0f} s; "
+            "submit large studies to /jobs instead.",
+            retry_after_s=30,
+        ) from None
+
+    started = time.perf_counter()
+    body = None
+    if params.output != "json":
+        body, media_type, filename = await run_in_threadpool(encode_output, params.output, volume, result)
+    summary = build_summary(volume, result, {"decode": decode_s, "encode": time.perf_counter() - started})
+    metrics.observe_stages(summary.timings_s)
+    if body is None:
+        return JSONResponse(summary.model_dump(mode="json"))
+    headers = summary_headers(summary) | {"Content-Disposition": f'attachment; filename="{filename}"'}
+    return Response(body, media_type=media_type, headers=headers)

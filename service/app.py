@@ -1,0 +1,67 @@
+"""The FastAPI app: `create_app(settings)` wires the routers; the lifespan owns the worker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from service.api import errors, health, jobs, models, segment
+from service.api.body_limit import BodyLimitMiddleware
+from service.job_runner import JobRunner
+from service.jobs import JobStore
+from service.metrics import Metrics
+from service.settings import Settings, get_settings
+from service.worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Liver segmentation of CT. POST a volume (NIfTI, MHA, NRRD, or a DICOM series) to
+`/segment` and get the liver mask back on exactly the input's grid. Not for clinical use."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for these settings (default: from the environment)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        worker = InferenceWorker(device=settings.device, queue_size=settings.queue_size, model_dir=settings.model_dir)
+        try:
+            worker.start(warm=[settings.model])
+        except Exception:  # serve /healthz and other models; /readyz says why not ready
+            log.exception("could not load the default model %r", settings.model)
+            worker.start(warm=[])
+            worker.ready = False
+        store = JobStore(settings.data_dir)
+        runner = JobRunner(store, worker, settings)
+        runner.start()
+        app.state.settings, app.state.worker, app.state.jobs, app.state.runner = settings, worker, store, runner
+        log.info("liverseg ready on %s with %s", worker.device, settings.model)
+        yield
+        runner.stop()
+        worker.stop()
+        store.close()
+
+    app = FastAPI(title="liverseg", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics = Metrics()
+    errors.install(app)
+    for router in (segment.router, jobs.router, models.router, health.router):
+        app.include_router(router)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    return app

@@ -1,0 +1,249 @@
+"""The model part of a request: input contract -> sliding window -> postprocess -> input grid.
+
+Each stage is a plain function of arrays and geometry, testable without HTTP or a GPU:
+
+    prepare (model_zoo) -> predict_probabilities -> postprocess -> restore_to_input (+ summary)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from model_zoo.preprocessing import PreparedVolume, hu_to_input_units, prepare, restore
+from model_zoo.registry import LoadedModel
+from service.confidence import ConfidenceSummary, confidence_map, summarise_confidence
+from service.errors import InvalidOption
+from service.sliding_window import sliding_window_inference
+
+LIVER = 1
+Progress = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How to run one segmentation; None means the model card's default."""
+
+    tta: bool = False
+    overlap: float | None = None
+    depth: int | None = None
+    batch_size: int = 4
+    window_device: str = "cpu"
+    output_device: str | None = None  # None: aggregate on the window device
+    skip_air_hu: float | None = -500.0
+    confidence_map: bool = False
+    low_confidence: float = 0.5
+    review_fraction: float = 0.1
+
+
+@dataclass
+class Segmentation:
+    """A mask (and optionally a confidence map) on the input's grid, and what was found."""
+
+    mask: sitk.Image  # uint8 0/1, the input's exact geometry
+    confidence: sitk.Image | None  # float32 in [0, 1] on the input grid, when asked for
+    confidence_summary: ConfidenceSummary
+    liver_volume_ml: float
+    liver_mean_hu: float | None
+    bbox_start_xyz: list[int] | None
+    bbox_size_xyz: list[int] | None
+    bbox_min_lps_mm: list[float] | None
+    bbox_max_lps_mm: list[float] | None
+    windows_total: int = 0
+    windows_skipped: int = 0
+    timings_s: dict[str, float] = field(default_factory=dict)
+    options: InferenceOptions = field(default_factory=InferenceOptions)
+
+
+def predict_probabilities(
+    model: LoadedModel, prepared: PreparedVolume, options: InferenceOptions,
+    progress: Progress | None = None,
+) -> tuple[list[np.ndarray], int, int]:
+    """Softmax probabilities of the main output and of every deep-supervision head.
+
+    Returns:
+        ([(C, D, H, W) float32 per output, main first], windows_total, windows_skipped), all on
+        the model grid.
+    """
+    card = model.card
+    forward_kwargs: dict[str, object] = {"deep_supervision": True}
+    if options.depth is not None:
+        if card.arch != "unetpp3d":
+            raise InvalidOption(f"depth applies to UNet++ models only; {card.name} is a {card.arch}.")
+        forward_kwargs["depth"] = options.depth
+
+    network = model.network
+
+    def predictor(window: torch.Tensor) -> list[torch.Tensor]:
+        outputs = network(window, **forward_kwargs)
+        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+        return [torch.softmax(o.float(), dim=1) for o in outputs]
+
+    defaults = card.inference
+    skip_below = None
+    if options.skip_air_hu is not None:
+        skip_below = hu_to_input_units(options.skip_air_hu, card.input)
+    image = torch.from_numpy(np.ascontiguousarray(prepared.array, dtype=np.float32))[None, None]
+    result = sliding_window_inference(
+        image,
+        card.input.patch_size_dhw,
+        predictor,
+        overlap=defaults.overlap if options.overlap is None else options.overlap,
+        batch_size=options.batch_size,
+        mode=defaults.mode,
+        sigma_scale=defaults.sigma_scale,
+        window_device=torch.device(options.window_device),
+        output_device=torch.device(options.output_device or options.window_device),
+        heads=True,
+        mirror_axes=tuple(defaults.mirror_axes) if options.tta else (),
+        skip_below=skip_below,
+        progress=None if progress is None else (lambda done, total: progress(done / max(total, 1))),
+    )
+    outputs = [result.main, *result.heads]
+    return (
+        [o[0].float().cpu().numpy() for o in outputs],
+        result.windows_total,
+        result.windows_skipped,
+    )
+
+
+def postprocess(liver_probability: np.ndarray) -> np.ndarray:
+    """Probabilities (D, H, W) -> bool mask: threshold 0.5, largest connected component, holes filled."""
+    mask = liver_probability > 0.5
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return ndimage.binary_fill_holes(labels == sizes.argmax())
+
+
+def _region_on_input(
+    mask: np.ndarray, model_grid: sitk.Image, reference: sitk.Image, margin: int = 3
+) -> tuple[list[int], list[int]]:
+    """Index start and size (x, y, z) of the input-grid box that holds the model-grid mask."""
+    nz = np.nonzero(mask)
+    lo = [int(v.min()) for v in nz][::-1]  # (x, y, z)
+    hi = [int(v.max()) + 1 for v in nz][::-1]
+    corners = []
+    for cx in (lo[0] - 0.5, hi[0] - 0.5):
+        for cy in (lo[1] - 0.5, hi[1] - 0.5):
+            for cz in (lo[2] - 0.5, hi[2] - 0.5):
+                point = model_grid.TransformContinuousIndexToPhysicalPoint((cx, cy, cz))
+                corners.append(reference.TransformPhysicalPointToContinuousIndex(point))
+    corners_arr = np.array(corners)
+    size = reference.GetSize()
+    start = np.maximum(np.floor(corners_arr.min(0)).astype(int) - margin, 0)
+    stop = np.minimum(np.ceil(corners_arr.max(0)).astype(int) + margin + 1, size)
+    return start.tolist(), (stop - start).tolist()
+
+
+def _grid_like(reference: sitk.Image, start_xyz: list[int], size_xyz: list[int]) -> sitk.Image:
+    """An empty image on a box of the reference grid (same spacing and direction)."""
+    box = sitk.Image([int(s) for s in size_xyz], sitk.sitkUInt8)
+    box.SetSpacing(reference.GetSpacing())
+    box.SetDirection(reference.GetDirection())
+    box.SetOrigin(reference.TransformIndexToPhysicalPoint([int(s) for s in start_xyz]))
+    return box
+
+
+def _largest_component_filled(mask: np.ndarray) -> np.ndarray:
+    return postprocess(mask.astype(np.float32))
+
+
+def segment(
+    image: sitk.Image, model: LoadedModel, options: InferenceOptions, progress: Progress | None = None
+) -> Segmentation:
+    """Segment the liver in a CT (HU) and return everything on the input's own grid."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    prepared = prepare(image, model.card.input)
+    timings["preprocess"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    probabilities, windows_total, windows_skipped = predict_probabilities(model, prepared, options, progress)
+    timings["inference"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    liver_outputs = [p[LIVER] for p in probabilities]
+    keep = postprocess(liver_outputs[0])
+    confidence_model = confidence_map(liver_outputs, keep)
+    timings["postprocess"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    size_xyz = list(image.GetSize())
+    full_mask = np.zeros(size_xyz[::-1], dtype=np.uint8)
+    confidence_image = None
+    stats = dict.fromkeys(("liver_mean_hu", "bbox_start_xyz", "bbox_size_xyz", "bbox_min_lps_mm", "bbox_max_lps_mm"))
+    summary = summarise_confidence(
+        confidence_model, keep, low=options.low_confidence, review_fraction=options.review_fraction
+    )
+    if keep.any():
+        # Only the liver's box of the input grid is resampled: a 512x512x800 float map never exists.
+        start, size = _region_on_input(keep, prepared.image, image)
+        box = _grid_like(image, start, size)
+        # Zero the probability outside the kept component (dilated by a voxel so its edge
+        # interpolates as before), so that dropped components stay dropped after resampling.
+        near = ndimage.binary_dilation(keep, iterations=1)
+        clean = np.where(near, liver_outputs[0], 0.0).astype(np.float32)
+        restored = restore(np.stack([clean, confidence_model]), prepared, box, outside=[0.0, 1.0])
+        region_mask = _largest_component_filled(restored[0] > 0.5)
+        z, y, x = (slice(start[i], start[i] + size[i]) for i in (2, 1, 0))
+        full_mask[z, y, x] = region_mask
+        if region_mask.any():
+            summary = summarise_confidence(
+                restored[1], region_mask, low=options.low_confidence, review_fraction=options.review_fraction
+            )
+            stats = _mask_statistics(image, full_mask)
+    mask_image = sitk.GetImageFromArray(full_mask)
+    mask_image.CopyInformation(image)
+    if options.confidence_map:
+        confidence_full = restore(confidence_model[None], prepared, image, outside=[1.0])[0]
+        confidence_image = sitk.GetImageFromArray(confidence_full.astype(np.float32))
+        confidence_image.CopyInformation(image)
+    timings["restore"] = time.perf_counter() - t
+
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    return Segmentation(
+        mask=mask_image,
+        confidence=confidence_image,
+        confidence_summary=summary,
+        liver_volume_ml=float(full_mask.sum(dtype=np.int64)) * voxel_ml,
+        windows_total=windows_total,
+        windows_skipped=windows_skipped,
+        timings_s=timings,
+        options=options,
+        **stats,
+    )
+
+
+def _mask_statistics(image: sitk.Image, mask: np.ndarray) -> dict[str, object]:
+    """Mean HU inside the mask and its bounding box in voxels (x, y, z) and in LPS millimetres."""
+    nz = np.nonzero(mask)
+    lo = [int(v.min()) for v in nz]
+    hi = [int(v.max()) for v in nz]
+    box = tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
+    hu = sitk.GetArrayViewFromImage(image)[box][mask[box].astype(bool)]
+    start_xyz, end_xyz = lo[::-1], hi[::-1]
+    corners = np.array([
+        image.TransformIndexToPhysicalPoint((x, y, z))
+        for x in (start_xyz[0], end_xyz[0]) for y in (start_xyz[1], end_xyz[1]) for z in (start_xyz[2], end_xyz[2])
+    ])
+    return {
+        "liver_mean_hu": float(hu.mean()),
+        "bbox_start_xyz": start_xyz,
+        "bbox_size_xyz": [e - s + 1 for s, e in zip(start_xyz, end_xyz, strict=True)],
+        "bbox_min_lps_mm": [round(float(v), 2) for v in corners.min(0)],
+        "bbox_max_lps_mm": [round(float(v), 2) for v in corners.max(0)],
+    }
+
+
+def with_fallback(options: InferenceOptions) -> InferenceOptions:
+    """The options for a retry after CUDA ran out of memory: one window at a time, host aggregation."""
+    return replace(options, batch_size=1, output_device="cpu")

@@ -1,0 +1,83 @@
+"""What a finished segmentation becomes: the JSON summary and the files a client downloads."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from service import confidence as confidence_doc
+from service.schemas import BoundingBox, ConfidenceSummary, InputGeometry, Summary
+from service.volume import Volume
+from service.worker import WorkerResult
+
+CONFIDENCE_HOW = (
+    "clip(2 * min_k a_k - 1, 0, 1), a_k being how much output k (the main output and each "
+    "deep-supervision head) agrees with the final label; 1 = every head sure, 0 = a head on the boundary"
+)
+assert "min_k" in (confidence_doc.__doc__ or "")  # keep the sentence in step with the code
+
+
+def build_summary(volume: Volume, result: WorkerResult, timings_s: dict[str, float]) -> Summary:
+    """The JSON summary of one segmentation: the liver found, confidence, geometry, timings."""
+    seg = result.segmentation
+    image = volume.image
+    card = result.model.card
+    bbox = None
+    if seg.bbox_start_xyz is not None:
+        bbox = BoundingBox(
+            start_xyz=seg.bbox_start_xyz,
+            size_xyz=seg.bbox_size_xyz,
+            min_lps_mm=seg.bbox_min_lps_mm,
+            max_lps_mm=seg.bbox_max_lps_mm,
+        )
+    options = asdict(seg.options)
+    return Summary(
+        model=card.name,
+        model_sha256=card.weights_sha256,
+        intended_use=card.intended_use,
+        device=result.device,
+        liver_volume_ml=round(seg.liver_volume_ml, 2),
+        liver_mean_hu=None if seg.liver_mean_hu is None else round(seg.liver_mean_hu, 1),
+        bbox=bbox,
+        confidence=ConfidenceSummary(**asdict(seg.confidence_summary), how=CONFIDENCE_HOW),
+        input=InputGeometry(
+            source=volume.source,
+            size_xyz=list(image.GetSize()),
+            spacing_xyz_mm=list(image.GetSpacing()),
+            origin_lps_mm=list(image.GetOrigin()),
+            direction=list(image.GetDirection()),
+            warnings=list(volume.warnings),
+        ),
+        windows_total=seg.windows_total,
+        windows_skipped=seg.windows_skipped,
+        oom_fallback=result.oom_fallback,
+        options={k: options[k] for k in ("tta", "overlap", "depth", "batch_size")},
+        timings_s={k: round(v, 4) for k, v in {**timings_s, **seg.timings_s, "queued": result.queued_s}.items()},
+    )
+
+
+def summary_headers(summary: Summary) -> dict[str, str]:
+    """The summary's main figures as X-Liverseg-* headers, for clients that only save the mask."""
+    return {
+        "X-Liverseg-Model": summary.model,
+        "X-Liverseg-Liver-Volume-Ml": f"{summary.liver_volume_ml:.2f}",
+        "X-Liverseg-Liver-Mean-Hu": "" if summary.liver_mean_hu is None else f"{summary.liver_mean_hu:.1f}",
+        "X-Liverseg-Confidence-Mean": f"{summary.confidence.mean_in_liver:.4f}",
+        "X-Liverseg-Review-Recommended": str(summary.confidence.review_recommended).lower(),
+        "X-Liverseg-Device": summary.device,
+    }
+
+
+def encode_output(kind: str, volume: Volume, result: WorkerResult) -> tuple[bytes, str, str]:
+    """The body of a synchronous answer: (bytes, media type, file name) for output `kind`."""
+    from service.io.encode import image_to_nifti_bytes, mask_to_nifti_bytes
+
+    seg = result.segmentation
+    if kind == "nifti":
+        return mask_to_nifti_bytes(seg.mask), "application/gzip", "liver_mask.nii.gz"
+    if kind == "confidence":
+        return image_to_nifti_bytes(seg.confidence), "application/gzip", "liver_confidence.nii.gz"
+    if kind == "dicom-seg":
+        from service.io.seg import make_seg
+
+        return make_seg(volume, seg.mask, result.model.card), "application/dicom", "liver_seg.dcm"
+    raise ValueError(f"no file for output {kind!r}")

@@ -1,0 +1,157 @@
+"""The inference worker: one per device, owning the models and the CUDA context.
+
+Requests reach it through a bounded queue and wait on a future. A full queue is refused at
+once (the web layer answers 503 with Retry-After). CUDA running out of memory is retried once
+with one window at a time and aggregation on the host. Stopping drains what was accepted.
+A plain thread, not a process pool: nothing daemonic that orchestrators kill (TS #503).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import SimpleITK as sitk
+import torch
+
+from model_zoo.names import UnknownNameError
+from model_zoo.registry import LoadedModel, get_card, load_model
+from service.errors import Busy, UnknownModel
+from service.pipeline import InferenceOptions, Progress, Segmentation, segment, with_fallback
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else as given."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@dataclass
+class SegmentTask:
+    """One segmentation for the worker: a CT in HU, a model name and how to run it."""
+
+    image: sitk.Image
+    model_name: str
+    options: InferenceOptions
+    progress: Progress | None = None
+
+
+@dataclass
+class WorkerResult:
+    """The segmentation plus what the worker did to get it."""
+
+    segmentation: Segmentation
+    model: LoadedModel
+    device: str
+    oom_fallback: bool
+    queued_s: float
+
+
+class InferenceWorker:
+    """Runs segmentations one at a time on one device, from a bounded queue."""
+
+    def __init__(self, *, device: str = "auto", queue_size: int = 8, model_dir: Path | None = None):
+        self.device = resolve_device(device)
+        self.model_dir = model_dir
+        self._queue: queue.Queue[tuple[Future[WorkerResult], SegmentTask, float] | None] = queue.Queue(queue_size)
+        self._models: dict[str, LoadedModel] = {}
+        self._thread = threading.Thread(target=self._serve, name=f"liverseg-worker-{self.device}")
+        self._stopping = False
+        self.busy = False
+        self.ready = False
+        self.recent_seconds: list[float] = []  # durations of the last runs, for time estimates
+
+    def check_model(self, name: str) -> None:
+        """Raise UnknownModel unless `name` is in the registry (cheap: reads the card only)."""
+        try:
+            get_card(name, self.model_dir)
+        except UnknownNameError as error:
+            raise UnknownModel(str(error)) from None
+
+    def model(self, name: str) -> LoadedModel:
+        """The loaded model, loaded once and kept warm (TS #383)."""
+        if name not in self._models:
+            self.check_model(name)
+            started = time.perf_counter()
+            self._models[name] = load_model(name, self.model_dir, device=self.device)
+            log.info("loaded %s on %s in %.2f s", name, self.device, time.perf_counter() - started)
+        return self._models[name]
+
+    def start(self, warm: list[str] = ()) -> None:
+        """Load and warm the given models (one forward pass each), then start taking work."""
+        for name in warm:
+            loaded = self.model(name)
+            patch = loaded.card.input.patch_size_dhw
+            with torch.inference_mode():
+                loaded.network(torch.zeros((1, 1, *patch), device=self.device))
+        self.ready = True
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        """Tasks waiting, not counting the one running."""
+        return self._queue.qsize()
+
+    def expected_wait_s(self, position: int) -> float | None:
+        """Rough seconds until a task at `position` in the queue starts, from recent run times."""
+        if not self.recent_seconds:
+            return None
+        mean = sum(self.recent_seconds) / len(self.recent_seconds)
+        return mean * (position + (1 if self.busy else 0))
+
+    def submit(self, task: SegmentTask) -> Future[WorkerResult]:
+        """Queue a task; raises Busy when the queue is full or the worker is stopping."""
+        if self._stopping:
+            raise Busy("The service is shutting down; try again shortly.", retry_after_s=10)
+        future: Future[WorkerResult] = Future()
+        try:
+            self._queue.put_nowait((future, task, time.perf_counter()))
+        except queue.Full:
+            raise Busy(
+                f"The inference queue is full ({self._queue.maxsize} waiting); try again shortly.",
+                retry_after_s=max(1, round(self.expected_wait_s(1) or 5)),
+            ) from None
+        return future
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new work, finish everything already accepted, then stop the thread."""
+        self._stopping = True
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def _serve(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, task, queued_at = item
+            if not future.set_running_or_notify_cancel():
+                continue  # the client gave up while it waited
+            self.busy = True
+            started = time.perf_counter()
+            try:
+                future.set_result(self._run(task, started - queued_at))
+            except BaseException as error:  # noqa: BLE001  the worker must outlive any one task
+                future.set_exception(error)
+            finally:
+                self.busy = False
+                self.recent_seconds = [*self.recent_seconds[-9:], time.perf_counter() - started]
+
+    def _run(self, task: SegmentTask, queued_s: float) -> WorkerResult:
+        loaded = self.model(task.model_name)
+        options = replace(task.options, window_device=self.device)
+        try:
+            result = segment(task.image, loaded, options, task.progress)
+            return WorkerResult(result, loaded, self.device, False, queued_s)
+        except torch.cuda.OutOfMemoryError:
+            # Large CTs must not fail for memory (TS #157): one window at a time, stitch on the host.
+            log.warning("CUDA out of memory; retrying with batch 1 and host aggregation")
+            torch.cuda.empty_cache()
+            result = segment(task.image, loaded, with_fallback(options), task.progress)
+            return WorkerResult(result, loaded, self.device, True, queued_s)

@@ -1,0 +1,87 @@
+"""Fixtures shared by the whole suite: the real sample, tiny checkpoints, synthetic volumes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_SAMPLE = REPO.parent / "shared" / "data" / "ct-dicom-sample"
+IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.fixture(scope="session")
+def real_sample() -> Path:
+    """The real JPEG 2000 CT series with its liver mask (read-only, never copied into the repo)."""
+    if not (REAL_SAMPLE / "dicom").is_dir():
+        pytest.skip(f"real CT sample not found at {REAL_SAMPLE} (it lives in ../shared/data beside the repo)")
+    return REAL_SAMPLE
+
+
+def rotation(axis: str, degrees: float) -> np.ndarray:
+    """A 3x3 rotation about x, y or z."""
+    a = np.deg2rad(degrees)
+    c, s = np.cos(a), np.sin(a)
+    return {
+        "x": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]),
+        "y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
+        "z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]),
+    }[axis]
+
+
+# Directions a CT arrives in: LPS (DICOM), RAS (NIfTI from many tools), a flipped slice axis,
+# and an oblique acquisition.
+ORIENTATIONS = {
+    "LPS": np.eye(3),
+    "RAS": np.diag([-1.0, -1.0, 1.0]),
+    "flipped_z": np.diag([1.0, 1.0, -1.0]),
+    "oblique": rotation("z", 20) @ rotation("x", 10),
+}
+
+
+def physical_points(image: sitk.Image) -> np.ndarray:
+    """(D, H, W, 3) physical (x, y, z) coordinates of every voxel centre, in mm."""
+    size = image.GetSize()
+    k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")
+    index = np.stack([i, j, k], axis=-1).astype(np.float64)  # (x, y, z) index order
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return np.array(image.GetOrigin()) + (index * np.array(image.GetSpacing())) @ direction.T
+
+
+def sphere_ct(
+    direction: np.ndarray,
+    *,
+    size_xyz: tuple[int, int, int] = (72, 64, 40),
+    spacing_xyz: tuple[float, float, float] = (1.5, 1.5, 2.5),
+    centre_mm: tuple[float, float, float] = (-20.0, 10.0, 5.0),
+    radius_mm: float = 25.0,
+) -> tuple[sitk.Image, np.ndarray]:
+    """A small CT (HU, int16): a soft-tissue body (0 HU), a 200 HU sphere, air around.
+
+    The grid is centred on the physical origin whatever its direction, so the same physical
+    sphere appears at different voxel indices in every orientation. Returns (ct, sphere mask (D, H, W)).
+    """
+    image = sitk.Image(list(size_xyz), sitk.sitkInt16)
+    image.SetSpacing(spacing_xyz)
+    image.SetDirection(direction.ravel().tolist())
+    half = (np.array(size_xyz) - 1) / 2 * np.array(spacing_xyz)
+    image.SetOrigin((-(direction @ half)).tolist())
+    points = physical_points(image)
+    body = (points[..., 0] / 50.0) ** 2 + (points[..., 1] / 40.0) ** 2 <= 1.0
+    sphere = np.linalg.norm(points - np.array(centre_mm), axis=-1) <= radius_mm
+    hu = np.full(points.shape[:3], -1000, dtype=np.int16)
+    hu[body] = 0
+    hu[sphere] = 200
+    ct = sitk.GetImageFromArray(hu)
+    ct.CopyInformation(image)
+    return ct, sphere
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total

@@ -1,0 +1,107 @@
+"""The model part of a request, without HTTP: geometry in every orientation, confidence, options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model_zoo.card import InputContract, ModelCard
+from model_zoo.registry import LoadedModel
+from service.errors import InvalidOption
+from service.pipeline import InferenceOptions, postprocess, segment
+from tests.conftest import ORIENTATIONS, dice, sphere_ct
+
+
+class ThresholdNet(nn.Module):
+    """Liver wherever the normalised input passes 0.5 (100 HU in a [-100, 300] window).
+
+    A network whose right answer is known, so that where the mask lands tests the pipeline alone.
+    Its heads are the main logits average-pooled by 2 and 4, as lower-resolution heads are.
+    """
+
+    def forward(self, x: torch.Tensor, deep_supervision: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        logit = (x - 0.5) * 40
+        main = torch.cat([-logit, logit], dim=1)
+        return [main, F.avg_pool3d(main, 2), F.avg_pool3d(main, 4)] if deep_supervision else main
+
+
+def threshold_model(**inference: object) -> LoadedModel:
+    card = ModelCard(
+        name="unet3d_ds.threshold",
+        arch="unet3d_ds",
+        input=InputContract(spacing_xyz_mm=(2.0, 2.0, 2.0), hu_window=(-100.0, 300.0), patch_size_dhw=(32, 32, 32)),
+        inference=inference,
+    )
+    return LoadedModel(network=ThresholdNet().eval(), card=card)
+
+
+@pytest.mark.parametrize("orientation", list(ORIENTATIONS))
+def test_mask_lands_on_the_input_grid_in_every_orientation(orientation: str) -> None:
+    ct, sphere = sphere_ct(ORIENTATIONS[orientation])
+    result = segment(ct, threshold_model(), InferenceOptions())
+
+    mask = result.mask
+    assert mask.GetSize() == ct.GetSize()
+    assert mask.GetSpacing() == ct.GetSpacing()
+    assert mask.GetOrigin() == ct.GetOrigin()
+    assert mask.GetDirection() == ct.GetDirection()
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    found = sitk.GetArrayFromImage(mask)
+    assert dice(found, sphere) >= 0.95
+    expected_ml = 4 / 3 * np.pi * 25.0**3 / 1000
+    assert result.liver_volume_ml == pytest.approx(expected_ml, rel=0.08)
+    assert result.liver_mean_hu == pytest.approx(200, abs=15)
+
+
+def test_summary_box_and_confidence() -> None:
+    ct, sphere = sphere_ct(ORIENTATIONS["LPS"])
+    result = segment(ct, threshold_model(), InferenceOptions(confidence_map=True))
+    centre = np.array(result.bbox_min_lps_mm) + (np.array(result.bbox_max_lps_mm) - result.bbox_min_lps_mm) / 2
+    assert np.allclose(centre, (-20.0, 10.0, 5.0), atol=2.5)
+    assert [s for s in result.bbox_size_xyz] == pytest.approx([50 / 1.5, 50 / 1.5, 50 / 2.5], abs=3)
+    # The heads agree with the main output except in a rim at the surface (the quarter-resolution
+    # head blurs about 4 mm of it, a third of so small a sphere).
+    assert result.confidence_summary.mean_in_liver > 0.6
+    assert 0.1 < result.confidence_summary.fraction_below_threshold < 0.5
+    confidence = sitk.GetArrayFromImage(result.confidence)
+    assert result.confidence.GetSize() == ct.GetSize()
+    assert confidence.min() >= 0 and confidence.max() <= 1
+    # Deep inside the sphere every output is sure; on its surface they are not.
+    points_inside = sphere & (sitk.GetArrayFromImage(sitk.BinaryErode(sitk.GetImageFromArray(sphere.astype(np.uint8)), [4] * 3)) > 0)
+    assert confidence[points_inside].mean() > 0.95
+    assert result.windows_total > 0 and set(result.timings_s) == {"preprocess", "inference", "postprocess", "restore"}
+
+
+def test_empty_ct_gives_an_empty_mask_and_asks_for_review() -> None:
+    ct, _ = sphere_ct(ORIENTATIONS["LPS"], radius_mm=0.1)
+    result = segment(ct, threshold_model(), InferenceOptions())
+    assert sitk.GetArrayViewFromImage(result.mask).sum() == 0
+    assert result.liver_volume_ml == 0 and result.bbox_start_xyz is None
+    assert result.confidence_summary.review_recommended
+
+
+def test_postprocess_keeps_the_largest_component_and_fills_holes() -> None:
+    p = np.zeros((20, 20, 20), np.float32)
+    p[2:12, 2:12, 2:12] = 0.9
+    p[6:8, 6:8, 6:8] = 0.1  # a hole
+    p[15:17, 15:17, 15:17] = 0.9  # a stray island
+    mask = postprocess(p)
+    assert mask[2:12, 2:12, 2:12].all() and mask.sum() == 1000
+
+
+def test_skipping_air_changes_nothing() -> None:
+    ct, _ = sphere_ct(ORIENTATIONS["LPS"], size_xyz=(200, 200, 24))
+    skipped = segment(ct, threshold_model(), InferenceOptions(skip_air_hu=-500))
+    full = segment(ct, threshold_model(), InferenceOptions(skip_air_hu=None))
+    assert skipped.windows_skipped > 0 and full.windows_skipped == 0
+    assert dice(sitk.GetArrayFromImage(skipped.mask), sitk.GetArrayFromImage(full.mask)) >= 0.999
+
+
+def test_depth_is_refused_for_a_network_that_is_not_unetpp() -> None:
+    ct, _ = sphere_ct(ORIENTATIONS["LPS"])
+    with pytest.raises(InvalidOption, match="UNet\\+\\+"):
+        segment(ct, threshold_model(), InferenceOptions(depth=2))
