@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from model_zoo.preprocessing import PreparedVolume, hu_to_input_units, prepare, restore
+from model_zoo.preprocessing import AIR_HU, PreparedVolume, hu_to_input_units, prepare, restore
 from model_zoo.registry import LoadedModel
 from service.confidence import ConfidenceSummary, confidence_map, summarise_confidence
 from service.errors import InvalidOption
@@ -103,6 +103,7 @@ def predict_probabilities(
         heads=True,
         mirror_axes=tuple(defaults.mirror_axes) if options.tta else (),
         skip_below=skip_below,
+        pad_value=hu_to_input_units(AIR_HU, card.input),  # beyond the scan is air, in any normalisation
         progress=None if progress is None else (lambda done, total: progress(done / max(total, 1))),
     )
     outputs = [result.main, *result.heads]
@@ -204,7 +205,7 @@ def segment(
     mask_image = sitk.GetImageFromArray(full_mask)
     mask_image.CopyInformation(image)
     if options.confidence_map:
-        confidence_full = restore(confidence_model[None], prepared, image, outside=[1.0])[0]
+        confidence_full = restore(confidence_model[None], prepared, image, outside=[1.0], tolerance=1e-3)[0]
         confidence_image = sitk.GetImageFromArray(confidence_full.astype(np.float32))
         confidence_image.CopyInformation(image)
     timings["restore"] = time.perf_counter() - t

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from model_zoo import create_network
+from model_zoo.card import InputContract, ModelCard
+from model_zoo.registry import save_checkpoint
+from service.settings import Settings
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLE = REPO.parent / "shared" / "data" / "ct-dicom-sample"
 IN_CI = os.environ.get("CI") == "true"
+TINY = "unet3d_ds.tiny"
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +92,40 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
+
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight unet3d_ds checkpoint, small enough for API tests on a 2-core CPU."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    kwargs = {"features": [4, 8, 16]}
+    card = ModelCard(
+        name=TINY,
+        arch="unet3d_ds",
+        arch_kwargs=kwargs,
+        input=InputContract(spacing_xyz_mm=(4.0, 4.0, 4.0), hu_window=(-200.0, 300.0), patch_size_dhw=(32, 32, 32)),
+        intended_use="Tests only: random weights.",
+    )
+    save_checkpoint(create_network("unet3d_ds", **kwargs), card, folder)
+    return folder
+
+
+@pytest.fixture
+def settings(tiny_checkpoint_dir: Path, tmp_path: Path) -> Settings:
+    return Settings(model=TINY, model_dir=tiny_checkpoint_dir, data_dir=tmp_path / "var", device="cpu")
+
+
+def nifti_bytes(image: sitk.Image) -> bytes:
+    """An image as .nii.gz bytes, written by SimpleITK."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "ct.nii.gz"
+        sitk.WriteImage(image, str(path))
+        return path.read_bytes()
+
+
+def read_nifti(data: bytes) -> sitk.Image:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "mask.nii.gz"
+        path.write_bytes(data)
+        return sitk.ReadImage(str(path))

@@ -1,0 +1,97 @@
+"""End to end against a real uvicorn: the real DICOM sample, orientations, restarts, a full queue."""
+
+from __future__ import annotations
+
+import io
+import signal
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tests.conftest import ORIENTATIONS, nifti_bytes, read_nifti, sphere_ct
+from tests.service.test_api import assert_same_grid
+
+pytestmark = pytest.mark.slow
+
+
+def wait_done(client: httpx.Client, url: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(url).json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not finished in {timeout} s: {job}")
+
+
+@pytest.fixture
+def server(server_factory):
+    return server_factory().start()
+
+
+def real_series(real_sample) -> tuple[sitk.Image, list]:
+    reader = sitk.ImageSeriesReader()
+    files = reader.GetGDCMSeriesFileNames(str(real_sample / "dicom"))
+    reader.SetFileNames(files)
+    return reader.Execute(), files
+
+
+def test_real_dicom_sample_zipped_and_as_files(server, real_sample) -> None:
+    expected, files = real_series(real_sample)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for f in files:
+            archive.write(f, f"series/{f.rsplit('/', 1)[-1]}")
+    with server.client() as client:
+        zipped = client.post("/segment", files={"file": ("series.zip", buffer.getvalue())})
+        assert zipped.status_code == 200, zipped.text
+        assert_same_grid(read_nifti(zipped.content), expected)
+        parts = [("files", (f.rsplit("/", 1)[-1], open(f, "rb").read())) for f in files]
+        separate = client.post("/segment", files=parts)
+        assert separate.status_code == 200, separate.text
+        assert separate.content and read_nifti(separate.content).GetSize() == (512, 512, 20)
+        assert np.array_equal(
+            sitk.GetArrayFromImage(read_nifti(separate.content)), sitk.GetArrayFromImage(read_nifti(zipped.content))
+        )
+
+
+@pytest.mark.parametrize("orientation", list(ORIENTATIONS))
+def test_each_orientation_comes_back_in_its_own_geometry(server, orientation) -> None:
+    ct, _ = sphere_ct(ORIENTATIONS[orientation], size_xyz=(40, 36, 20))
+    with server.client() as client:
+        response = client.post("/segment", files={"file": ("ct.nii.gz", nifti_bytes(ct))})
+    assert response.status_code == 200, response.text
+    assert_same_grid(read_nifti(response.content), ct)
+
+
+def test_jobs_survive_a_killed_server(server_factory) -> None:
+    server = server_factory().start()
+    ct, _ = sphere_ct(ORIENTATIONS["LPS"], size_xyz=(120, 120, 60), spacing_xyz=(1.0, 1.0, 1.0))
+    data = nifti_bytes(ct)
+    with server.client() as client:
+        urls = [client.post("/jobs", files={"file": ("ct.nii.gz", data)}).headers["location"] for _ in range(3)]
+    server.stop(signal.SIGKILL)  # no chance to finish anything
+    restarted = server.start()
+    with restarted.client() as client:
+        jobs = [wait_done(client, url) for url in urls]
+        assert [j["state"] for j in jobs] == ["done"] * 3
+        assert_same_grid(read_nifti(client.get(jobs[0]["links"]["mask"]).content), ct)
+
+
+def test_a_full_queue_answers_503_with_retry_after(server_factory) -> None:
+    server = server_factory(queue_size=1).start()
+    # Fine spacing for a coarse model: many windows, so requests overlap.
+    ct, _ = sphere_ct(ORIENTATIONS["LPS"], size_xyz=(160, 160, 120), spacing_xyz=(1.0, 1.0, 1.0))
+    data = nifti_bytes(ct)
+    with server.client() as client, ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda _: client.post("/segment", params={"output": "json"}, files={"file": ("ct.nii.gz", data)}), range(6)))
+        statuses = sorted(r.status_code for r in responses)
+        assert 503 in statuses and 200 in statuses, statuses
+        busy = next(r for r in responses if r.status_code == 503)
+        assert busy.json()["error"] == "busy" and int(busy.headers["retry-after"]) >= 1
+        assert client.get("/healthz").status_code == 200

@@ -1,0 +1,160 @@
+"""The HTTP API in-process (TestClient inside `with`, so the lifespan runs)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import ORIENTATIONS, TINY, nifti_bytes, read_nifti, sphere_ct
+
+
+@pytest.fixture(scope="module")
+def ct_bytes() -> tuple[sitk.Image, bytes]:
+    ct, _ = sphere_ct(ORIENTATIONS["oblique"], size_xyz=(40, 36, 20))
+    return ct, nifti_bytes(ct)
+
+
+@pytest.fixture
+def client(settings: Settings):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def assert_same_grid(mask: sitk.Image, ct: sitk.Image) -> None:
+    assert mask.GetSize() == ct.GetSize()
+    assert np.allclose(mask.GetSpacing(), ct.GetSpacing(), atol=1e-5)
+    assert np.allclose(mask.GetOrigin(), ct.GetOrigin(), atol=1e-4)
+    assert np.allclose(mask.GetDirection(), ct.GetDirection(), atol=1e-5)
+
+
+def test_segment_returns_a_nifti_mask_on_the_input_grid(client, ct_bytes) -> None:
+    ct, data = ct_bytes
+    response = client.post("/segment", files={"file": ("ct.nii.gz", data)})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/gzip"
+    assert response.headers["x-liverseg-model"] == TINY
+    assert float(response.headers["x-liverseg-liver-volume-ml"]) >= 0
+    mask = read_nifti(response.content)
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert_same_grid(mask, ct)
+    assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1}
+
+
+def test_segment_json_summary(client, ct_bytes) -> None:
+    ct, data = ct_bytes
+    response = client.post("/segment", params={"output": "json"}, files={"file": ("ct.nii.gz", data)})
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert summary["model"] == TINY and len(summary["model_sha256"]) == 64
+    assert summary["input"]["size_xyz"] == list(ct.GetSize())
+    assert summary["device"] == "cpu"
+    assert {"decode", "preprocess", "inference", "postprocess", "restore", "encode", "queued"} <= set(summary["timings_s"])
+    assert 0 <= summary["confidence"]["mean_in_liver"] <= 1
+    assert isinstance(summary["confidence"]["review_recommended"], bool)
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "code"),
+    [
+        ({"params": {"model": "unet3d_ds.tinyy"}}, 404, "unknown_model"),
+        ({"params": {"overlap": 2}}, 422, "invalid_request"),
+        ({"params": {"output": "png"}}, 422, "invalid_request"),
+        ({"params": {"depth": 2}}, 422, "invalid_option"),
+        ({"params": {"output": "dicom-seg"}}, 422, "unsupported_output"),
+        ({"files_override": {}}, 415, "unsupported_format"),
+    ],
+)
+def test_bad_requests_get_a_json_error(client, ct_bytes, request_kwargs, status, code) -> None:
+    files = request_kwargs.pop("files_override", {"file": ("ct.nii.gz", ct_bytes[1])})
+    response = client.post("/segment", files=files or None, data={} if not files else None, **request_kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code and len(body["detail"]) > 10
+
+
+def test_unknown_model_suggests_the_nearest(client, ct_bytes) -> None:
+    response = client.post("/segment", params={"model": "unet3d_ds.tinyy"}, files={"file": ("ct.nii.gz", ct_bytes[1])})
+    assert f"Did you mean '{TINY}'" in response.json()["detail"]
+
+
+def test_models_and_health(client) -> None:
+    cards = client.get("/models").json()
+    assert [c["name"] for c in cards] == [TINY]
+    assert client.get(f"/models/{TINY}").json()["input"]["patch_size_dhw"] == [32, 32, 32]
+    assert client.get("/models/nope.x").status_code == 404
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model"] == TINY
+    client.get("/models")
+    metrics = client.get("/metrics").text
+    assert 'liverseg_requests_total{route="/models",status="200"}' in metrics
+    assert "liverseg_queue_depth" in metrics and 'liverseg_jobs{state="queued"}' in metrics
+
+
+def test_not_ready_when_the_default_model_is_missing(tiny_checkpoint_dir, tmp_path) -> None:
+    settings = Settings(model="unet3d_ds.absent", model_dir=tiny_checkpoint_dir, data_dir=tmp_path, device="cpu")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        response = client.get("/readyz")
+        assert response.status_code == 503 and response.json()["error"] == "not_ready"
+
+
+def test_api_keys(tiny_checkpoint_dir, tmp_path, ct_bytes) -> None:
+    settings = Settings(model=TINY, model_dir=tiny_checkpoint_dir, data_dir=tmp_path, device="cpu", api_keys=["s3cret"])
+    with TestClient(create_app(settings)) as client:
+        refused = client.post("/segment", files={"file": ("ct.nii.gz", ct_bytes[1])})
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+        assert client.get("/models", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.get("/models", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.get("/healthz").status_code == 200  # probes need no key
+
+
+def test_upload_over_the_limit_is_refused_before_decoding(tiny_checkpoint_dir, tmp_path, ct_bytes) -> None:
+    settings = Settings(model=TINY, model_dir=tiny_checkpoint_dir, data_dir=tmp_path, device="cpu", max_upload_bytes=1000)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/segment", files={"file": ("ct.nii.gz", ct_bytes[1])})
+        assert response.status_code == 413
+        assert response.json()["error"] == "too_large" and "LIVERSEG_MAX_UPLOAD_BYTES" in response.json()["detail"]
+
+
+def wait_for(client: TestClient, url: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(url).json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {url} did not finish in {timeout} s: {job}")
+
+
+def test_job_lifecycle(client, ct_bytes) -> None:
+    ct, data = ct_bytes
+    accepted = client.post("/jobs", params={"confidence": True}, files={"file": ("ct.nii.gz", data)})
+    assert accepted.status_code == 202, accepted.text
+    url = accepted.headers["location"]
+    assert url == f"/jobs/{accepted.json()['id']}"
+    job = wait_for(client, url)
+    assert job["state"] == "done" and job["progress"] == 1
+    assert job["summary"]["input"]["size_xyz"] == list(ct.GetSize())
+    assert_same_grid(read_nifti(client.get(job["links"]["mask"]).content), ct)
+    confidence = read_nifti(client.get(job["links"]["confidence"]).content)
+    assert_same_grid(confidence, ct)
+    preview = client.get(job["links"]["preview"])
+    assert preview.status_code == 200 and preview.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert client.delete(url).status_code == 204
+    gone = client.get(url)
+    assert gone.status_code == 404 and gone.json()["error"] == "not_found"
+
+
+def test_a_failed_job_says_why(client) -> None:
+    accepted = client.post("/jobs", files={"file": ("ct.nii.gz", b"this is not a CT")})
+    job = wait_for(client, accepted.headers["location"])
+    assert job["state"] == "failed" and job["error"]["error"] in ("unsupported_format", "invalid_volume")
+    mask = client.get(f"{accepted.headers['location']}/mask")
+    assert mask.status_code == 409 and "failed" in mask.json()["detail"]
