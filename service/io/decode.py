@@ -1,0 +1,782 @@
+"""Turn uploaded files into one CT `Volume` in HU, refusing anything unsafe or not a CT volume.
+
+Accepted: one NIfTI-1/2 file (.nii or .nii.gz), one MetaImage (.mha, data inside the file), one
+NRRD (data inside the file), one .zip holding one DICOM series, or the DICOM files of one series.
+The format is recognised from the bytes, never from the name: a file called `ct.nii.gz` that
+is a zip is decoded as a zip.
+
+Every limit of `Settings` is checked before the pixel memory is allocated:
+- max_upload_bytes: the sizes on disk of the uploaded files, summed, before anything is read;
+- max_zip_members: the entries a zip declares in its end record, before Python builds its
+  directory (and again on that directory); also the number of files in one upload;
+- max_decompressed_bytes: bytes really inflated, counted while extracting or un-gzipping
+  (declared sizes are only used to refuse early, never to accept); also the pixel bytes a
+  header declares;
+- max_voxels, max_slices: from the header (NIfTI header parsed here, MetaImage/NRRD through
+  SimpleITK's ReadImageInformation, DICOM through pydicom without pixels) before pixels are read.
+
+Logs never hold patient data nor the client's file names (they often carry a patient's name).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import stat
+import struct
+import tempfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from service.errors import InvalidVolume, TooLarge, UnsupportedFormat
+from service.io.dicom_series import DicomFile, decode_series
+from service.settings import Settings
+from service.volume import Source, Volume
+
+log = logging.getLogger(__name__)
+
+HEAD_BYTES = 64 * 1024  # enough for any NIfTI, MetaImage or NRRD header we accept
+CHUNK = 1 << 20
+INFLATE_CHUNK = 4 << 20  # bytes inflated per step: bounds memory whatever the compression ratio
+ZIP_DIRECTORY_BYTES_PER_MEMBER = 4096  # a generous central-directory entry (name and extras)
+INT16_MIN, INT16_MAX = -32768, 32767
+ACCEPTED = (
+    "send one NIfTI (.nii, .nii.gz), MetaImage (.mha) or NRRD (.nrrd) file, one .zip of a DICOM "
+    "series, or the DICOM files of one series"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One uploaded file, already spooled to disk by the web layer.
+
+    filename: the name the client gave it (used in messages only, never trusted for the format).
+    path: where its bytes lie.
+    """
+
+    filename: str
+    path: Path
+
+
+class Kind(StrEnum):
+    """What a file's first bytes say it is."""
+
+    EMPTY = "empty"
+    NIFTI = "NIfTI"
+    NIFTI_GZ = "gzip-compressed NIfTI"
+    NIFTI_PAIR = "NIfTI header of a .hdr/.img pair"
+    ANALYZE = "Analyze 7.5 header"
+    GZIP_OTHER = "gzip-compressed file that is not NIfTI"
+    METAIMAGE = "MetaImage"
+    NRRD = "NRRD"
+    ZIP = "zip archive"
+    DICOM = "DICOM"
+    TEXT = "text"
+    OTHER = "file of unknown format"
+
+
+VOLUME_KINDS = {Kind.NIFTI, Kind.NIFTI_GZ, Kind.METAIMAGE, Kind.NRRD}
+OTHER_MAGIC = {  # formats people upload by mistake, named so the message helps
+    b"\x89PNG": "a PNG picture",
+    b"\xff\xd8\xff": "a JPEG picture",
+    b"%PDF": "a PDF document",
+    b"BZh": "a bzip2 archive",
+    b"\xfd7zXZ": "an xz archive",
+    b"7z\xbc\xaf": "a 7-Zip archive",
+    b"Rar!": "a RAR archive",
+    b"II*\x00": "a TIFF picture",
+    b"MM\x00*": "a TIFF picture",
+}
+DICOM_VRS = {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+}
+# NIfTI datatype code -> (bytes per voxel, readable) ; unreadable ones are not one real value per voxel
+NIFTI_TYPES = {
+    2: (1, True), 4: (2, True), 8: (4, True), 16: (4, True), 64: (8, True), 256: (1, True),
+    512: (2, True), 768: (4, True), 1024: (8, True), 1280: (8, True),
+    32: (8, False), 128: (3, False), 1536: (16, False), 1792: (16, False), 2048: (32, False),
+    2304: (4, False),
+}
+PIXEL_BYTES = {
+    sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2,
+    sitk.sitkUInt32: 4, sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8,
+    sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+}
+
+
+def decode_upload(files: list[Upload], settings: Settings) -> Volume:
+    """Decode uploaded files into one CT volume in HU (int16 where the values fit, else float32).
+
+    Returns:
+        a `Volume` whose image keeps the input's exact size, spacing, origin and direction.
+
+    Raises:
+        UnsupportedFormat (415): nothing we read, a damaged archive, an unsafe zip, a mix of files.
+        InvalidVolume (422): not a 3D CT volume (2D, 4D, NaN, colour, tilted, gaps, several
+            series, not CT, truncated pixel data).
+        TooLarge (413): a limit of `settings` is exceeded.
+    """
+    started = time.perf_counter()
+    if not files:
+        raise UnsupportedFormat(f"No file was uploaded: {ACCEPTED}.")
+    if len(files) > settings.max_zip_members:
+        raise TooLarge(
+            f"{len(files)} files were uploaded; this service accepts at most "
+            f"{settings.max_zip_members} in one upload (LIVERSEG_MAX_ZIP_MEMBERS): zip the series."
+        )
+    total = sum(upload.path.stat().st_size for upload in files)
+    if total > settings.max_upload_bytes:
+        raise TooLarge(
+            f"The upload is {_bytes(total)}; this service accepts at most "
+            f"{_bytes(settings.max_upload_bytes)} (LIVERSEG_MAX_UPLOAD_BYTES)."
+        )
+    with tempfile.TemporaryDirectory(prefix="liverseg-decode-") as work:
+        entries = [(_display_name(upload.filename), upload.path) for upload in files]
+        volume = _decode_entries(entries, settings, Path(work), inside_zip=False)
+    image = volume.image
+    log.info(
+        "decoded %s volume: %s voxels, spacing %s mm, %s, %d warning(s), in %.2f s",
+        volume.source, "x".join(map(str, image.GetSize())),
+        "x".join(f"{s:.3g}" for s in image.GetSpacing()), image.GetPixelIDTypeAsString(),
+        len(volume.warnings), time.perf_counter() - started,
+    )
+    return volume
+
+
+def _decode_entries(
+    entries: list[tuple[str, Path]], settings: Settings, work: Path, *, inside_zip: bool
+) -> Volume:
+    kinds = [(name, path, sniff(path)) for name, path in entries]
+    if len(kinds) == 1:
+        name, path, kind = kinds[0]
+        if kind in VOLUME_KINDS:
+            return _read_volume_file(name, path, kind, settings, work)
+        if kind is Kind.ZIP and not inside_zip:
+            members = _extract_zip(name, path, settings, work / "zip")
+            return _decode_entries(members, settings, work, inside_zip=True)
+        if kind is Kind.ZIP:
+            raise UnsupportedFormat(
+                f"The zip holds another zip ('{name}'); nested archives are not read: zip the DICOM files themselves."
+            )
+        if kind is not Kind.DICOM:
+            raise UnsupportedFormat(_not_readable(name, path, kind))
+    where = "The zip" if inside_zip else "The upload"
+    containers = [(name, kind) for name, _, kind in kinds if kind in VOLUME_KINDS or kind is Kind.ZIP]
+    if containers:
+        found = ", ".join(f"'{name}' ({kind.value})" for name, kind in containers[:5])
+        raise UnsupportedFormat(
+            f"{where} holds {len(kinds)} files, among them {found}: a volume file or zip must come "
+            f"alone. {ACCEPTED[0].upper()}{ACCEPTED[1:]}."
+        )
+    dicoms = [DicomFile(name, path) for name, path, kind in kinds if kind is Kind.DICOM]
+    skipped = len(kinds) - len(dicoms)
+    if not dicoms:
+        counts: dict[str, int] = {}
+        for _, _, kind in kinds:
+            counts[kind.value] = counts.get(kind.value, 0) + 1
+        found = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+        raise UnsupportedFormat(f"{where} holds no DICOM file ({len(kinds)} files: {found}): {ACCEPTED}.")
+    series = decode_series(dicoms, settings)
+    warnings = list(series.warnings)
+    if skipped:
+        warnings.insert(0, f"{skipped} file(s) that are not DICOM were ignored.")
+    image, more = _finalise(series.image, "The DICOM series")
+    return Volume(image=image, datasets=series.datasets, source="dicom", warnings=warnings + more)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recognising a format from its bytes
+
+
+def sniff(path: Path) -> Kind:
+    """The format of a file, from its first bytes (and, for gzip, from what it inflates to)."""
+    with path.open("rb") as f:
+        head = f.read(HEAD_BYTES)
+    if not head:
+        return Kind.EMPTY
+    if head[:2] == b"\x1f\x8b":
+        try:
+            inner = zlib.decompressobj(wbits=31).decompress(head, 1024)
+        except zlib.error:
+            return Kind.GZIP_OTHER
+        return Kind.NIFTI_GZ if _nifti_kind(inner) is Kind.NIFTI else Kind.GZIP_OTHER
+    nifti = _nifti_kind(head)
+    if nifti is not None:
+        return nifti
+    if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":  # the latter: an empty zip
+        return Kind.ZIP
+    if head[128:132] == b"DICM":
+        return Kind.DICOM
+    if _dicom_without_preamble(head):
+        return Kind.DICOM
+    if head[:7] == b"NRRD000":
+        return Kind.NRRD
+    if re.match(rb"\s*(ObjectType|NDims)\s*=", head[:64]):
+        return Kind.METAIMAGE
+    if _looks_like_text(head[:1024]):
+        return Kind.TEXT
+    return Kind.OTHER
+
+
+def _nifti_kind(head: bytes) -> Kind | None:
+    if len(head) < 348:
+        return None
+    for endian in "<>":
+        (size,) = struct.unpack(endian + "i", head[:4])
+        if size == 348:
+            magic = head[344:348]
+            return {b"n+1\x00": Kind.NIFTI, b"ni1\x00": Kind.NIFTI_PAIR}.get(magic, Kind.ANALYZE)
+        if size == 540 and len(head) >= 540:
+            magic = head[4:12]
+            return {b"n+2\x00\r\n\x1a\n": Kind.NIFTI, b"ni2\x00\r\n\x1a\n": Kind.NIFTI_PAIR}.get(magic)
+    return None
+
+
+def _dicom_without_preamble(head: bytes) -> bool:
+    """A DICOM stream that starts at its first element (group 0002 or 0008, little endian)."""
+    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    if head[4:6] in DICOM_VRS:  # explicit VR
+        return True
+    (length,) = struct.unpack("<I", head[4:8])  # implicit VR: a plausible first value length
+    return head[:2] == b"\x08\x00" and length < 256
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    text = head.decode("utf-8", errors="ignore")
+    if len(text.encode("utf-8")) < 0.9 * len(head):  # much of it is not UTF-8: binary
+        return False
+    printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in text)
+    return printable >= 0.95 * len(text)
+
+
+def _not_readable(name: str, path: Path, kind: Kind) -> str:
+    if kind is Kind.EMPTY:
+        return f"'{name}' is empty (0 bytes): the upload did not carry the file's content."
+    if kind in (Kind.NIFTI_PAIR, Kind.ANALYZE):
+        return (
+            f"'{name}' is a {kind.value}: its pixels live in a separate .img file; convert it to a "
+            "single .nii or .nii.gz file."
+        )
+    if kind is Kind.GZIP_OTHER:
+        return (
+            f"'{name}' is gzip-compressed, but not a NIfTI image (or its compressed data is damaged); "
+            "only NIfTI is read gzip-compressed (.nii.gz)."
+        )
+    if kind is Kind.TEXT:
+        return f"'{name}' is a text file, not an image: {ACCEPTED}."
+    with path.open("rb") as f:
+        head = f.read(16)
+    what = next((label for magic, label in OTHER_MAGIC.items() if head.startswith(magic)), "not a format this service reads")
+    return f"'{name}' is {what}: {ACCEPTED}."
+
+
+# ---------------------------------------------------------------------------------------------
+# Single-file volumes: NIfTI, MetaImage, NRRD
+
+
+def _read_volume_file(name: str, path: Path, kind: Kind, settings: Settings, work: Path) -> Volume:
+    work.mkdir(parents=True, exist_ok=True)
+    source: Source
+    if kind in (Kind.NIFTI, Kind.NIFTI_GZ):
+        source, io_name = "nifti", "NiftiImageIO"
+        local, checked_copy = _prepare_nifti(name, path, kind, settings, work)
+        try:
+            image = _itk_read(name, local, io_name, kind, settings)
+        except (UnsupportedFormat, InvalidVolume):
+            if checked_copy is None:
+                raise
+            # The fast path failed: inflate it ourselves, which says precisely what is wrong.
+            image = _itk_read(name, checked_copy(), io_name, kind, settings)
+    else:
+        source, suffix, io_name = (
+            ("mha", ".mha", "MetaImageIO") if kind is Kind.METAIMAGE else ("nrrd", ".nrrd", "NrrdImageIO")
+        )
+        _refuse_detached_data(name, path, kind)
+        # SimpleITK picks its reader by extension too: give it the right one, whatever the client's name.
+        local = work / f"volume{suffix}"
+        local.symlink_to(path.resolve())
+        image = _itk_read(name, local, io_name, kind, settings)
+    image, warnings = _finalise(image, f"'{name}'")
+    return Volume(image=image, datasets=None, source=source, warnings=warnings)
+
+
+def _itk_read(name: str, local: Path, io_name: str, kind: Kind, settings: Settings) -> sitk.Image:
+    """Read the header with SimpleITK, check it against the limits, then read the pixels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(local))
+    reader.SetImageIO(io_name)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise UnsupportedFormat(
+            f"'{name}' looks like {kind.value} but its header cannot be read: the file is damaged."
+        ) from None
+    sizes = list(reader.GetSize())
+    _check_shape(name, sizes, settings)
+    components = reader.GetNumberOfComponents()
+    if components != 1:
+        raise InvalidVolume(
+            f"'{name}' has {components} values per voxel (a colour or vector image); a CT volume has one (HU)."
+        )
+    pixel_bytes = PIXEL_BYTES.get(reader.GetPixelID())
+    if pixel_bytes is None:
+        raise InvalidVolume(
+            f"'{name}' stores {reader.GetPixelIDTypeAsString()} voxels; a CT volume holds one real value (HU) per voxel."
+        )
+    _check_decompressed(name, math.prod(sizes) * pixel_bytes, settings)
+    try:
+        return reader.Execute()
+    except RuntimeError:
+        raise InvalidVolume(
+            f"'{name}' ({kind.value}) ends early or its pixel data is damaged: the header announces "
+            f"{' x '.join(map(str, sizes))} voxels that could not all be read. Upload it again and check "
+            "that the transfer completed."
+        ) from None
+
+
+def _prepare_nifti(
+    name: str, path: Path, kind: Kind, settings: Settings, work: Path
+) -> tuple[Path, Callable[[], Path] | None]:
+    """Check a NIfTI header against the limits; return a file SimpleITK may read whole, and,
+    when that file is the unchecked .nii.gz itself, a function making a checked plain .nii.
+
+    SimpleITK reads a truncated .nii or .nii.gz without complaint, filling the missing voxels
+    with zeros, and its NIfTI reader turns NaN and infinite voxels into 0. So a raw .nii must be
+    long enough, and float data are scanned for NaN/inf in the file. A .nii.gz is read by
+    SimpleITK directly (its zlib is ~2x faster than Python's) when its gzip trailer records the
+    length the header announces, which a truncated file's does not, and its voxels are integers;
+    otherwise, or if SimpleITK fails on it, we inflate it ourselves into the work folder
+    (counting bytes, checking the gzip CRC) and read that.
+    """
+    with path.open("rb") as f:
+        head = f.read(HEAD_BYTES)
+    if kind is Kind.NIFTI_GZ:
+        try:
+            head = zlib.decompressobj(wbits=31).decompress(head, 1024)
+        except zlib.error:
+            head = b""
+    sizes, voxel_bytes, offset, float_dtype = _parse_nifti_header(name, head)
+    _check_shape(name, sizes, settings)
+    data_bytes = math.prod(sizes) * voxel_bytes
+    _check_decompressed(name, data_bytes, settings)
+    needed = offset + data_bytes
+    plain = work / "volume.nii"
+
+    def checked_copy() -> Path:
+        _gunzip(name, path, plain, needed)
+        if float_dtype is not None:
+            _refuse_nonfinite(name, plain, float_dtype, offset, math.prod(sizes))
+        return plain
+
+    if kind is Kind.NIFTI_GZ:
+        if float_dtype is None and _gzip_length_mod_4g(path) == needed % (1 << 32):
+            direct = work / "volume.nii.gz"
+            direct.symlink_to(path.resolve())
+            return direct, checked_copy
+        return checked_copy(), None
+    if path.stat().st_size < needed:
+        raise InvalidVolume(
+            f"'{name}' is truncated: its NIfTI header announces {' x '.join(map(str, sizes))} voxels "
+            f"({_bytes(needed)}) but the file holds {_bytes(path.stat().st_size)}. Upload it again "
+            "and check that the transfer completed."
+        )
+    plain.symlink_to(path.resolve())
+    if float_dtype is not None:
+        _refuse_nonfinite(name, plain, float_dtype, offset, math.prod(sizes))
+    return plain, None
+
+
+def _gzip_length_mod_4g(path: Path) -> int:
+    """The uncompressed length (mod 2^32) a gzip file's trailer records (ISIZE, its last 4 bytes)."""
+    with path.open("rb") as f:
+        f.seek(-4, 2)
+        return struct.unpack("<I", f.read(4))[0]
+
+
+def _refuse_nonfinite(name: str, plain: Path, dtype: str, offset: int, count: int) -> None:
+    voxels = np.memmap(plain, dtype=dtype, mode="r", offset=offset, shape=(count,))
+    step = 16 << 20
+    nonfinite = sum(
+        int(voxels[i : i + step].size - np.count_nonzero(np.isfinite(voxels[i : i + step])))
+        for i in range(0, count, step)
+    )
+    del voxels
+    if nonfinite:
+        raise InvalidVolume(
+            f"'{name}' holds {nonfinite:,} NaN or infinite voxel value(s); a CT volume must hold "
+            "finite HU values."
+        )
+
+
+def _parse_nifti_header(name: str, head: bytes) -> tuple[list[int], int, int, str | None]:
+    """From a NIfTI header: (sizes of its dims, bytes per voxel, offset of the voxel data, numpy
+    dtype of the voxels if they are floating point, else None)."""
+    kind = _nifti_kind(head)
+    if kind is not Kind.NIFTI:
+        raise UnsupportedFormat(f"'{name}' has a damaged NIfTI header.")
+    endian = "<" if struct.unpack("<i", head[:4])[0] in (348, 540) else ">"
+    if struct.unpack(endian + "i", head[:4])[0] == 348:
+        dim = struct.unpack(endian + "8h", head[40:56])
+        (datatype,) = struct.unpack(endian + "h", head[70:72])
+        (offset_f,) = struct.unpack(endian + "f", head[108:112])
+        offset, minimum_offset = int(offset_f) if math.isfinite(offset_f) else -1, 352
+    else:
+        (datatype,) = struct.unpack(endian + "h", head[12:14])
+        dim = struct.unpack(endian + "8q", head[16:80])
+        (offset,) = struct.unpack(endian + "q", head[168:176])
+        minimum_offset = 544
+    ndim = dim[0]
+    if not 1 <= ndim <= 7 or any(d < 1 for d in dim[1 : ndim + 1]) or offset < minimum_offset:
+        raise UnsupportedFormat(
+            f"'{name}' has a damaged NIfTI header (dimensions {list(dim[: ndim + 1]) if 0 <= ndim <= 7 else dim[0]}, "
+            f"data offset {offset})."
+        )
+    if datatype not in NIFTI_TYPES:
+        raise UnsupportedFormat(f"'{name}' has a damaged NIfTI header (unknown datatype code {datatype}).")
+    if ndim >= 5 and dim[5] > 1:  # NIfTI keeps vector components in its 5th dimension
+        raise InvalidVolume(
+            f"'{name}' has {dim[5]} values per voxel (a vector or multi-channel image); a CT volume has one (HU)."
+        )
+    voxel_bytes, readable = NIFTI_TYPES[datatype]
+    if not readable:
+        raise InvalidVolume(
+            f"'{name}' stores complex or colour voxels (NIfTI datatype {datatype}); a CT volume holds "
+            "one real value (HU) per voxel."
+        )
+    float_dtype = {16: endian + "f4", 64: endian + "f8"}.get(datatype)
+    return list(dim[1 : ndim + 1]), voxel_bytes, offset, float_dtype
+
+
+def _gunzip(name: str, source: Path, target: Path, needed: int) -> None:
+    """Inflate a gzip file into `target`, keeping its first `needed` bytes; refuse if it is shorter.
+
+    Memory stays at a few MiB whatever the ratio, and inflation stops shortly after `needed`
+    bytes, so a gzip bomb behind a small header costs nothing. The gzip CRC is checked when the
+    stream ends with the volume; concatenated gzip members (bgzip) are followed.
+    """
+    written = beyond = 0
+    complete = False
+    decompressor = zlib.decompressobj(wbits=31)
+    try:
+        with source.open("rb") as fin, target.open("wb") as fout:
+            data = fin.read(CHUNK)
+            while data:
+                out = decompressor.decompress(data, INFLATE_CHUNK)
+                data = decompressor.unconsumed_tail
+                keep = out[: max(needed - written, 0)]
+                fout.write(keep)
+                written += len(keep)
+                beyond += len(out) - len(keep)
+                if decompressor.eof:  # a gzip member ended and its CRC matched
+                    if written >= needed:
+                        complete = True
+                        break
+                    data = decompressor.unused_data
+                    if len(data) < 2:
+                        data += fin.read(CHUNK)
+                    if not data.startswith(b"\x1f\x8b"):
+                        break
+                    decompressor = zlib.decompressobj(wbits=31)
+                    continue
+                if beyond > CHUNK:  # the volume is complete; what trails it is not ours to inflate
+                    complete = True
+                    break
+                if not data:
+                    data = fin.read(CHUNK)
+    except zlib.error:
+        raise InvalidVolume(
+            f"'{name}' is a gzip-compressed NIfTI whose compressed data is damaged (the gzip check "
+            "failed). Upload it again and check that the transfer completed."
+        ) from None
+    if written < needed or not complete:
+        raise InvalidVolume(
+            f"'{name}' is a gzip-compressed NIfTI that ends early: it inflates to "
+            f"{_bytes(written)} of the {_bytes(needed)} its header announces"
+            + ("" if written < needed else ", and its gzip trailer is missing")
+            + ". Upload it again and check that the transfer completed."
+        )
+
+
+def _refuse_detached_data(name: str, path: Path, kind: Kind) -> None:
+    """MetaImage and NRRD headers may point at another file (any path on the server): refuse."""
+    with path.open("rb") as f:
+        head = f.read(HEAD_BYTES)
+    if kind is Kind.METAIMAGE:
+        match = re.search(rb"^\s*ElementDataFile\s*=\s*(.*?)\s*$", head, re.MULTILINE | re.IGNORECASE)
+        if match is None:
+            raise UnsupportedFormat(f"'{name}' is a MetaImage header without ElementDataFile: the file is damaged.")
+        if match.group(1).upper() != b"LOCAL":
+            raise UnsupportedFormat(
+                f"'{name}' is a MetaImage header whose pixels are in another file "
+                f"(ElementDataFile = {match.group(1)[:80].decode('latin-1')}); upload a single-file .mha "
+                "(ElementDataFile = LOCAL)."
+            )
+        return
+    end = re.search(rb"\r?\n\r?\n", head)
+    if end is None:
+        raise UnsupportedFormat(f"'{name}' is an NRRD file whose header does not end: the file is damaged.")
+    if re.search(rb"^\s*data ?file\s*:", head[: end.start()], re.MULTILINE | re.IGNORECASE):
+        raise UnsupportedFormat(
+            f"'{name}' is a detached NRRD header whose pixels are in another file; upload a single-file "
+            ".nrrd with the data attached."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits and the final checks every decoded image passes
+
+
+def _check_shape(name: str, sizes: list[int], settings: Settings) -> None:
+    """3 spatial dims (trailing size-1 dims are squeezed later), within the voxel and slice limits."""
+    shape = list(sizes)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape.pop()
+    text = " x ".join(map(str, sizes))
+    if len(shape) < 3:
+        raise InvalidVolume(f"'{name}' is a {len(shape)}D image ({text}); a 3D CT volume is needed.")
+    if len(shape) > 3:
+        raise InvalidVolume(
+            f"'{name}' is a {len(shape)}D image ({text}): a time series or several volumes; this service "
+            "segments one 3D CT volume: upload a single one."
+        )
+    if min(shape) < 2:
+        raise InvalidVolume(f"'{name}' is a single slice ({text}); a 3D CT volume needs several slices.")
+    voxels = math.prod(shape)
+    if voxels > settings.max_voxels:
+        raise TooLarge(
+            f"'{name}' declares {text} = {voxels:,} voxels; this service accepts at most "
+            f"{settings.max_voxels:,} (LIVERSEG_MAX_VOXELS)."
+        )
+    if shape[2] > settings.max_slices:
+        raise TooLarge(
+            f"'{name}' has {shape[2]} slices; this service accepts at most {settings.max_slices} "
+            "(LIVERSEG_MAX_SLICES)."
+        )
+
+
+def _check_decompressed(name: str, pixel_bytes: int, settings: Settings) -> None:
+    if pixel_bytes > settings.max_decompressed_bytes:
+        raise TooLarge(
+            f"'{name}' declares {_bytes(pixel_bytes)} of pixel data; this service inflates at most "
+            f"{_bytes(settings.max_decompressed_bytes)} (LIVERSEG_MAX_DECOMPRESSED_BYTES)."
+        )
+
+
+def _finalise(image: sitk.Image, what: str) -> tuple[sitk.Image, list[str]]:
+    """Squeeze to 3D, check geometry and values, store as int16 where lossless, else float32."""
+    warnings: list[str] = []
+    if image.GetDimension() > 3:
+        size = list(image.GetSize())
+        image = sitk.Extract(
+            image, size[:3] + [0] * (len(size) - 3), [0] * len(size),
+            sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX,
+        )
+    spacing, origin = np.array(image.GetSpacing()), np.array(image.GetOrigin())
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise InvalidVolume(f"{what} has voxel spacing {spacing.tolist()} mm; spacing must be positive.")
+    if not (np.isfinite(origin).all() and np.isfinite(direction).all()) or abs(abs(np.linalg.det(direction)) - 1) > 1e-3:
+        raise InvalidVolume(f"{what} has a damaged geometry (origin or direction not finite, or not a rotation).")
+
+    view = sitk.GetArrayViewFromImage(image)
+    low, high, nonfinite, integral = _value_range(view)
+    if nonfinite:
+        raise InvalidVolume(
+            f"{what} holds {nonfinite:,} NaN or infinite voxel value(s); a CT volume must hold finite HU values."
+        )
+    if integral and INT16_MIN <= low and high <= INT16_MAX:
+        target = sitk.sitkInt16
+    else:
+        target = sitk.sitkFloat32
+    if image.GetPixelID() != target:
+        image = sitk.Cast(image, target)  # exact: integral values in range, or float to float32
+    if high <= 1.0 and low >= 0.0:
+        warnings.append(
+            f"The values lie within [{low:g}, {high:g}]: this looks like a mask or a normalised image, "
+            "not CT in HU; the segmentation will be meaningless."
+        )
+    elif low >= 0 and high > 1500:
+        warnings.append(
+            f"The values run from {low:g} to {high:g}, none negative: they look like raw scanner values "
+            "without the rescale intercept (e.g. -1024), not HU; the segmentation may be wrong."
+        )
+    return image, warnings
+
+
+def _value_range(view: np.ndarray) -> tuple[float, float, int, bool]:
+    """(min, max, count of NaN/inf, all integral?) over a (D, H, W) array, a slab at a time."""
+    if view.dtype.kind in "iu":
+        return float(view.min()), float(view.max()), 0, True
+    low, high, nonfinite, integral = math.inf, -math.inf, 0, True
+    step = max(1, (16 << 20) // max(view[0].size, 1))
+    for z in range(0, view.shape[0], step):
+        slab = view[z : z + step]
+        finite = np.isfinite(slab)
+        bad = int(slab.size - np.count_nonzero(finite))
+        nonfinite += bad
+        values = slab[finite] if bad else slab
+        if values.size:
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
+            integral = integral and bool(np.all(values == np.round(values)))
+    return low, high, nonfinite, integral
+
+
+# ---------------------------------------------------------------------------------------------
+# Zip archives
+
+
+def _extract_zip(name: str, path: Path, settings: Settings, target: Path) -> list[tuple[str, Path]]:
+    """Extract a zip into `target` under names of our own, checking every limit on the way.
+
+    Returns (member name, extracted path) for each file member, junk (macOS forks, dot files)
+    left out. Nothing is extracted until every member's name and type has been checked.
+    """
+    entries, directory_bytes = _zip_directory_size(name, path)
+    if entries > settings.max_zip_members:
+        raise TooLarge(
+            f"The zip '{name}' holds {entries:,} entries; this service accepts at most "
+            f"{settings.max_zip_members:,} (LIVERSEG_MAX_ZIP_MEMBERS)."
+        )
+    if directory_bytes > settings.max_zip_members * ZIP_DIRECTORY_BYTES_PER_MEMBER:
+        raise TooLarge(f"The zip '{name}' has a {_bytes(directory_bytes)} directory, far more than its entries need: refused.")
+    damaged = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error)
+    try:
+        archive = zipfile.ZipFile(path)
+    except damaged:
+        raise UnsupportedFormat(f"'{name}' is not a readable zip archive (it is truncated or damaged).") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > settings.max_zip_members:
+            raise TooLarge(
+                f"The zip '{name}' holds {len(infos):,} entries; this service accepts at most "
+                f"{settings.max_zip_members:,} (LIVERSEG_MAX_ZIP_MEMBERS)."
+            )
+        members = []
+        for info in infos:
+            _check_member(name, info)
+            if info.is_dir() or _is_junk(info.filename):
+                continue
+            members.append(info)
+        declared = sum(info.file_size for info in members)
+        if declared > settings.max_decompressed_bytes:  # an early refusal; acceptance counts real bytes
+            raise TooLarge(_inflates_too_much(name, settings))
+        target.mkdir(parents=True, exist_ok=True)
+        extracted: list[tuple[str, Path]] = []
+        total = 0
+        for number, info in enumerate(members):
+            out_path = target / f"member{number:06d}"  # our names: a member's own name never reaches the disk
+            try:
+                with archive.open(info) as src, out_path.open("wb") as out:
+                    while chunk := src.read(CHUNK):
+                        total += len(chunk)
+                        if total > settings.max_decompressed_bytes:
+                            raise TooLarge(_inflates_too_much(name, settings))
+                        out.write(chunk)
+            except (NotImplementedError, RuntimeError):
+                raise UnsupportedFormat(
+                    f"The zip '{name}' uses a compression method or encryption this service cannot read "
+                    f"(member '{_display_name(info.filename)}'); re-create it with plain deflate."
+                ) from None
+            except damaged:
+                raise UnsupportedFormat(
+                    f"The zip '{name}' is damaged: member '{_display_name(info.filename)}' fails its check. "
+                    "Upload it again and check that the transfer completed."
+                ) from None
+            extracted.append((_display_name(info.filename), out_path))
+    if not extracted:
+        raise UnsupportedFormat(f"The zip '{name}' holds no files: {ACCEPTED}.")
+    return extracted
+
+
+def _zip_directory_size(name: str, path: Path) -> tuple[int, int]:
+    """(entries, central directory bytes) from the zip's end record, read before anything else."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        tail_length = min(size, 22 + 65535)
+        f.seek(size - tail_length)
+        tail = f.read(tail_length)
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            raise UnsupportedFormat(
+                f"'{name}' is not a readable zip archive: its end record is missing (the file is truncated)."
+            )
+        entries, directory_bytes, directory_offset = struct.unpack("<HII", tail[at + 10 : at + 20])
+        if entries == 0xFFFF or directory_bytes == 0xFFFFFFFF or directory_offset == 0xFFFFFFFF:
+            locator = tail[at - 20 : at] if at >= 20 else b""
+            if locator[:4] == b"PK\x06\x07":  # zip64: the real counts are in the zip64 end record
+                (record_at,) = struct.unpack("<Q", locator[8:16])
+                f.seek(record_at)
+                record = f.read(56)
+                if record[:4] == b"PK\x06\x06":
+                    entries, directory_bytes = struct.unpack("<QQ", record[32:48])
+    return entries, directory_bytes
+
+
+def _check_member(name: str, info: zipfile.ZipInfo) -> None:
+    member = info.filename
+    shown = _display_name(member, keep_folders=True)
+    normal = member.replace("\\", "/")
+    if (
+        "\x00" in member
+        or normal.startswith("/")
+        or re.match(r"^[A-Za-z]:", normal)
+        or ".." in normal.split("/")
+    ):
+        raise UnsupportedFormat(
+            f"The zip '{name}' is refused: its entry '{shown}' points outside the archive (an absolute "
+            "path, a drive letter or '..'). Re-create the archive with relative paths."
+        )
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise UnsupportedFormat(
+            f"The zip '{name}' is refused: its entry '{shown}' is a symbolic link. Re-create the archive "
+            "with the files themselves."
+        )
+    if info.flag_bits & 0x1:
+        raise UnsupportedFormat(
+            f"The zip '{name}' is encrypted (entry '{shown}'); upload an archive without a password."
+        )
+
+
+def _is_junk(member: str) -> bool:
+    """Entries that file managers add beside the data (macOS resource forks, dot files, thumbnails)."""
+    parts = member.replace("\\", "/").split("/")
+    return parts[0] == "__MACOSX" or parts[-1].startswith(".") or parts[-1].lower() in ("thumbs.db", "desktop.ini")
+
+
+def _inflates_too_much(name: str, settings: Settings) -> str:
+    return (
+        f"The zip '{name}' inflates to more than {_bytes(settings.max_decompressed_bytes)}, the most this "
+        "service extracts (LIVERSEG_MAX_DECOMPRESSED_BYTES)."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Small formatting helpers for messages
+
+
+def _display_name(filename: str, keep_folders: bool = False) -> str:
+    """A client-supplied name made safe to quote in a message (no control characters, short)."""
+    text = filename if keep_folders else re.split(r"[\\/]", filename or "")[-1]
+    text = "".join(ch if ch.isprintable() else "?" for ch in text) or "upload"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bytes(count: int) -> str:
+    for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("kB", 1024)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} bytes"

@@ -1,0 +1,46 @@
+"""The one volume type that travels from decoding to encoding.
+
+A `Volume` is a SimpleITK image in Hounsfield units (int16 where the values fit, else float32)
+with its physical geometry (spacing, origin and direction, x-y-z, LPS, mm), plus the DICOM
+headers it came from, when it came from DICOM, and the warnings decoding raised for the client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import SimpleITK as sitk
+
+if TYPE_CHECKING:
+    import pydicom
+
+Source = Literal["nifti", "mha", "nrrd", "dicom"]
+
+
+@dataclass(slots=True)
+class Volume:
+    """A decoded CT volume.
+
+    Attributes:
+        image: 3D scalar image in HU; array layout (D, H, W) = (z, y, x) via GetArrayFromImage.
+        datasets: for DICOM input, the headers (no pixel data) sorted like the image's slices
+            (datasets[k] describes array[k]); None for NIfTI, MetaImage and NRRD input.
+        source: the format the volume was decoded from.
+        warnings: sentences for the client about what decoding noticed or changed.
+    """
+
+    image: sitk.Image
+    datasets: list[pydicom.Dataset] | None = None
+    source: Source = "nifti"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def size_xyz(self) -> tuple[int, int, int]:
+        """Voxels along x, y, z (SimpleITK order)."""
+        return tuple(self.image.GetSize())  # type: ignore[return-value]
+
+    @property
+    def spacing_xyz_mm(self) -> tuple[float, float, float]:
+        """Voxel spacing along x, y, z in mm."""
+        return tuple(self.image.GetSpacing())  # type: ignore[return-value]
