@@ -1,0 +1,122 @@
+"""`python -m train` (console script `liverseg-train`): train a network and export it to the zoo.
+
+    python -m train --arch unet3d_ds --arch-kwargs '{"features": [16, 32, 64, 128]}' \\
+        --tag phantom_3mm --synthetic 16 --val 2 --spacing 3 --patch 64 --epochs 40
+
+writes model_zoo/checkpoints/unet3d_ds.phantom_3mm.{json,safetensors} (the card and weights) and
+runs/unet3d_ds.phantom_3mm/ (training checkpoint, log.csv, curves.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+
+from model_zoo.registry import CHECKPOINT_DIR
+from train.augment import AugmentConfig
+from train.data import DATA_FORMATS
+from train.loop import TrainConfig, train
+from train.losses import parse_ds_weights
+
+
+def _triple(text: str, kind: type) -> tuple:
+    parts = [kind(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one number or three (comma-separated)")
+    return tuple(parts)
+
+
+def _pair(text: str) -> tuple[float, float]:
+    parts = [float(p) for p in text.split(",")]
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give two numbers, lo,hi")
+    return parts[0], parts[1]
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"--arch-kwargs is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--arch-kwargs must be a JSON object, e.g. '{\"features\": [8, 16, 32]}'")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's arguments (defaults from TrainConfig)."""
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default=d.arch, help="registered architecture (dsn3d, unet3d_ds, unetpp3d)")
+    p.add_argument("--arch-kwargs", type=_json_object, default={}, help="constructor kwargs as JSON")
+    p.add_argument("--tag", default=d.tag, help="checkpoint name is ARCH.TAG")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--synthetic", type=int, metavar="N", help="train on N synthetic phantoms")
+    data.add_argument("--data", metavar="PATH", help="an MSD task folder, a LiTS folder or a JSON datalist")
+    p.add_argument("--phantom-spacing", dest="phantom_spacing_mm", type=float, default=None, metavar="MM",
+                   help="draw phantoms on an isotropic MM grid (fast) instead of their scanner grid")
+    p.add_argument("--format", dest="data_format", default=d.data_format, choices=DATA_FORMATS)
+    p.add_argument("--val", type=int, default=d.n_val, metavar="N",
+                   help="validation cases held out (phantoms: N more); a datalist's own split wins")
+    p.add_argument("--spacing", dest="spacing_xyz_mm", type=lambda t: _triple(t, float), default=d.spacing_xyz_mm,
+                   help="model spacing in mm, x,y,z or one value (default 3)")
+    p.add_argument("--patch", dest="patch_size_dhw", type=lambda t: _triple(t, int), default=d.patch_size_dhw,
+                   help="patch size D,H,W in voxels or one value (default 64)")
+    p.add_argument("--hu-window", type=_pair, default=d.hu_window, help="HU window lo,hi (default -200,300)")
+    p.add_argument("--crop-to-body", action="store_true", help="contract crops the body's bounding box")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch)
+    p.add_argument("--batch", dest="batch_size", type=int, default=d.batch_size)
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer,
+                   help="adamw, or sgd (momentum 0.99, Nesterov; use --lr 0.01); both with poly decay")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--ds-weights", type=parse_ds_weights, default=d.ds_weights,
+                   help='"dsn" (0.6/0.3/0.1), "halving" (nnU-Net) or numbers "0.6,0.3,0.1"')
+    p.add_argument("--ds-decay", default=d.ds_decay,
+                   help='auxiliary weights over epochs: "none", "linear" (Lee et al.) or a factor per epoch')
+    p.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_false",
+                   help="train the main output only")
+    p.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
+    p.add_argument("--val-every", type=int, default=d.val_every, metavar="EPOCHS")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help='"auto", "cpu", "cuda", "cuda:1"...')
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    p.add_argument("--out", dest="out_dir", default=str(CHECKPOINT_DIR), help="where the checkpoint is exported")
+    p.add_argument("--work-dir", default=d.work_dir, help="training checkpoints and logs (default runs/)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
+                   help="continue the run in WORK_DIR/ARCH.TAG (or DIR) from its last epoch")
+    p.add_argument("--no-final-eval", dest="final_evaluation", action="store_false",
+                   help="skip scoring the validation cases on their input grid before export")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, train, print where the checkpoint went."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = vars(args)
+    resume = options.pop("resume")
+    augment = AugmentConfig.off() if options.pop("no_augment") else AugmentConfig()
+    options["synthetic"] = options["synthetic"] or 0
+    options["n_val"] = options.pop("val")
+    config = TrainConfig(**options, augment=augment,
+                         command="python -m train " + shlex.join(argv))
+    result = train(config, resume=resume)
+    card = result.card
+    print(f"exported {card.name} to {config.out_dir} after {result.seconds:.0f} s")
+    print(json.dumps(card.metrics, indent=1))
+    print(f"training log: {result.run_dir / 'log.csv'}, curves: {result.run_dir / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

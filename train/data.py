@@ -1,0 +1,307 @@
+"""Training data: find cases, bring them onto the model grid, and sample patches from them.
+
+Sources (each case is a CT in HU and a liver mask):
+  - "msd": a Medical Segmentation Decathlon task folder, `imagesTr/NAME.nii.gz` with
+    `labelsTr/NAME.nii.gz` (Task03_Liver: 1 liver, 2 tumour);
+  - "lits": the LiTS challenge layout, `volume-N.nii` with `segmentation-N.nii` anywhere below the
+    folder (1 liver, 2 tumour);
+  - "datalist": a JSON file, MSD's `dataset.json` or MONAI's datalist:
+    `{"training": [{"image": ..., "label": ...}], "validation": [...]}` (or a bare list), paths
+    relative to the JSON file; "validation" entries, when present, are the validation split;
+  - synthetic phantoms (`train.phantoms.make_phantom`), by seed.
+
+The liver is every voxel with label >= 1 (tumours are inside the liver). Every case goes through
+`model_zoo.preprocessing.prepare` and `label_to_model_grid`, so training sees exactly the arrays the
+service's network sees. Patches are sampled as nnU-Net does: a third of each batch (the last
+samples, `round(batch * (1 - 0.33))` onwards) is centred on a random foreground voxel, the rest
+anywhere; volumes smaller than the patch are padded with air.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from model_zoo.card import InputContract
+from model_zoo.preprocessing import AIR_HU, hu_to_input_units, label_to_model_grid, prepare
+
+log = logging.getLogger(__name__)
+
+DataFormat = Literal["msd", "lits", "datalist"]
+DATA_FORMATS: tuple[str, ...] = ("msd", "lits", "datalist")
+# Foreground positions kept per case for oversampling: enough to cover the liver, bounded memory.
+_MAX_FOREGROUND_COORDS = 20_000
+_NIFTI = re.compile(r"\.nii(\.gz)?$")
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """Where a case comes from: image and label files, or a phantom seed."""
+
+    name: str
+    image: Path | None = None
+    label: Path | None = None
+    phantom_seed: int | None = None
+    phantom_spacing_mm: float | None = None  # None: the phantom's own scanner grid (as real CT)
+    split: Literal["training", "validation"] | None = None  # fixed by a datalist, else None
+
+    def describe(self) -> str:
+        """One line for logs: the file, or the phantom seed."""
+        return str(self.image) if self.image is not None else f"phantom seed {self.phantom_seed}"
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """A case on the model grid: image float32 (D, H, W) normalised, label uint8 (D, H, W) 0/1.
+
+    foreground: (K, 3) int64 (d, h, w) indices of liver voxels (a random subset of at most
+    20,000), for oversampling.
+    """
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    foreground: np.ndarray
+
+
+def _is_nifti(path: Path) -> bool:
+    # MSD tarballs made on macOS carry "._NAME.nii.gz" resource forks: not images.
+    return bool(_NIFTI.search(path.name)) and not path.name.startswith("._")
+
+
+def _stem(path: Path) -> str:
+    return _NIFTI.sub("", path.name)
+
+
+def find_msd(folder: Path) -> list[CaseSource]:
+    """Cases of an MSD task folder: imagesTr/X.nii.gz paired with labelsTr/X.nii.gz."""
+    images, labels = folder / "imagesTr", folder / "labelsTr"
+    if not images.is_dir() or not labels.is_dir():
+        raise FileNotFoundError(f"{folder} is not an MSD task folder: it needs imagesTr/ and labelsTr/")
+    cases = []
+    for image in sorted(p for p in images.iterdir() if _is_nifti(p)):
+        label = labels / image.name
+        if not label.is_file():
+            log.warning("MSD: no label for %s; skipped", image)
+            continue
+        cases.append(CaseSource(name=_stem(image), image=image, label=label))
+    return cases
+
+
+def find_lits(folder: Path) -> list[CaseSource]:
+    """Cases of the LiTS layout: volume-N.nii[.gz] with segmentation-N.nii[.gz], anywhere below."""
+    volumes = {}
+    segmentations = {}
+    for path in folder.rglob("*.nii*"):
+        if not _is_nifti(path):
+            continue
+        match = re.fullmatch(r"(volume|segmentation)-(\d+)", _stem(path))
+        if match:
+            (volumes if match[1] == "volume" else segmentations)[int(match[2])] = path
+    cases = []
+    for number in sorted(volumes):
+        if number not in segmentations:
+            log.warning("LiTS: no segmentation-%d for %s; skipped", number, volumes[number])
+            continue
+        cases.append(
+            CaseSource(name=f"lits-{number}", image=volumes[number], label=segmentations[number])
+        )
+    return cases
+
+
+def find_datalist(path: Path) -> list[CaseSource]:
+    """Cases of a JSON datalist (MSD dataset.json / MONAI); paths relative to the JSON's folder."""
+    content = json.loads(path.read_text())
+    groups = {"training": content} if isinstance(content, list) else content
+    if not isinstance(groups, dict) or "training" not in groups:
+        raise ValueError(f"{path}: a datalist is a list of {{image, label}} or has a 'training' list")
+    cases = []
+    for split in ("training", "validation"):
+        for index, entry in enumerate(groups.get(split, [])):
+            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+                raise ValueError(f"{path}: {split}[{index}] needs 'image' and 'label' (got {entry!r})")
+            image = (path.parent / entry["image"]).resolve()
+            label = (path.parent / entry["label"]).resolve()
+            for what, file in (("image", image), ("label", label)):
+                if not (file.is_file() or (what == "image" and file.is_dir())):  # a folder: a DICOM series
+                    raise FileNotFoundError(f"{path}: {split}[{index}] {what} {file} does not exist")
+            cases.append(CaseSource(name=_stem(image), image=image, label=label, split=split))  # type: ignore[arg-type]
+    return cases
+
+
+def find_cases(path: str | Path, data_format: str) -> list[CaseSource]:
+    """Every case at `path` in `data_format` ("msd", "lits" or "datalist"). Raises if none found."""
+    path = Path(path)
+    finders = {"msd": find_msd, "lits": find_lits, "datalist": find_datalist}
+    if data_format not in finders:
+        raise ValueError(f"unknown data format {data_format!r}; use one of {', '.join(DATA_FORMATS)}")
+    if not path.exists():
+        raise FileNotFoundError(f"data path {path} does not exist")
+    cases = finders[data_format](path)
+    if not cases:
+        raise FileNotFoundError(f"no {data_format} cases found under {path}")
+    return cases
+
+
+def phantom_sources(
+    count: int, first_seed: int = 0, spacing_mm: float | None = None
+) -> list[CaseSource]:
+    """`count` synthetic phantoms with consecutive seeds.
+
+    spacing_mm: draw them directly on an isotropic grid (fast, for tests); None keeps each
+    phantom's own scanner grid (~0.8 x 0.8 x 1-5 mm, 512 wide), which `prepare` then resamples
+    as it does a real CT.
+    """
+    return [
+        CaseSource(name=f"phantom-{seed}", phantom_seed=seed, phantom_spacing_mm=spacing_mm)
+        for seed in range(first_seed, first_seed + count)
+    ]
+
+
+def split_cases(
+    cases: Sequence[CaseSource], n_val: int, seed: int
+) -> tuple[list[CaseSource], list[CaseSource]]:
+    """(training, validation): the datalist's own split if it has one, else n_val held out at random."""
+    fixed = [c for c in cases if c.split == "validation"]
+    if fixed:
+        return [c for c in cases if c.split != "validation"], fixed
+    if n_val >= len(cases):
+        raise ValueError(f"--val {n_val} leaves no training case out of {len(cases)}")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    held = set(order[:n_val].tolist())
+    return (
+        [c for i, c in enumerate(cases) if i not in held],
+        [c for i, c in enumerate(cases) if i in held],
+    )
+
+
+def read_liver_label(path: Path, like: sitk.Image) -> sitk.Image:
+    """A label file as a uint8 liver mask (label >= 1), on the CT's geometry when the sizes agree.
+
+    Some public labels (LiTS) carry headers that differ from their CT's by rounding; when the sizes
+    match we trust the CT's geometry. Raises ValueError when the sizes differ.
+    """
+    label = sitk.ReadImage(str(path))
+    if label.GetSize() != like.GetSize():
+        raise ValueError(f"label {path} has size {label.GetSize()}, its CT {like.GetSize()}")
+    liver = sitk.Cast(label >= 1, sitk.sitkUInt8)
+    liver.CopyInformation(like)
+    return liver
+
+
+def load_case(source: CaseSource) -> tuple[sitk.Image, sitk.Image]:
+    """(CT in HU, liver mask uint8 0/1) of a case, on the CT's own grid."""
+    if source.phantom_seed is not None:
+        from train.phantoms import make_phantom  # phantoms only when asked for
+
+        spacing = source.phantom_spacing_mm
+        phantom = make_phantom(source.phantom_seed, spacing_xyz_mm=None if spacing is None else (spacing,) * 3)
+        return phantom.ct, sitk.Cast(phantom.liver > 0, sitk.sitkUInt8)
+    if source.image is None or source.label is None:
+        raise ValueError(f"case {source.name} has neither files nor a phantom seed")
+    image = _read_dicom_folder(source.image) if source.image.is_dir() else sitk.ReadImage(str(source.image))
+    return image, read_liver_label(source.label, image)
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    """The one DICOM series in `folder`, in HU (GDCM reads JPEG 2000, as in the real sample)."""
+    reader = sitk.ImageSeriesReader()
+    names = reader.GetGDCMSeriesFileNames(str(folder))
+    if not names:
+        raise FileNotFoundError(f"no DICOM series in {folder}")
+    reader.SetFileNames(names)
+    return sitk.Cast(reader.Execute(), sitk.sitkFloat32)
+
+
+def prepare_case(source: CaseSource, contract: InputContract, rng: np.random.Generator) -> PreparedCase:
+    """Load a case and bring image and label onto the contract's model grid."""
+    image, liver = load_case(source)
+    prepared = prepare(image, contract)
+    label = label_to_model_grid(liver, prepared)
+    foreground = np.argwhere(label > 0)
+    if len(foreground) > _MAX_FOREGROUND_COORDS:
+        foreground = foreground[rng.choice(len(foreground), _MAX_FOREGROUND_COORDS, replace=False)]
+    if len(foreground) == 0:
+        log.warning("case %s has no liver on the model grid; it gets random patches only", source.name)
+    return PreparedCase(
+        name=source.name,
+        image=np.ascontiguousarray(prepared.array, dtype=np.float32),
+        label=np.ascontiguousarray(label, dtype=np.uint8),
+        foreground=foreground.astype(np.int64),
+    )
+
+
+class PatchSampler:
+    """Batches of random patches (nnU-Net style foreground oversampling) from prepared cases."""
+
+    def __init__(
+        self,
+        cases: Sequence[PreparedCase],
+        patch_size_dhw: Sequence[int],
+        batch_size: int,
+        contract: InputContract,
+        *,
+        oversample_foreground: float = 0.33,
+    ):
+        if not cases:
+            raise ValueError("PatchSampler needs at least one case")
+        self.cases = list(cases)
+        self.patch = tuple(int(p) for p in patch_size_dhw)
+        self.batch_size = batch_size
+        self.oversample_foreground = oversample_foreground
+        self.pad_value = hu_to_input_units(AIR_HU, contract)  # what prepare puts outside the CT
+
+    def _forced_foreground(self, index: int) -> bool:
+        # nnU-Net's get_do_oversample: the last third of the batch is forced to foreground
+        return not index < round(self.batch_size * (1 - self.oversample_foreground))
+
+    def _start(self, case: PreparedCase, foreground: bool, generator: torch.Generator) -> list[int]:
+        shape = case.image.shape
+        if foreground and len(case.foreground):
+            pick = int(torch.randint(len(case.foreground), (1,), generator=generator))
+            centre = case.foreground[pick]
+            starts = []
+            for axis in range(3):
+                lo_bound, hi_bound = min(0, shape[axis] - self.patch[axis]), max(0, shape[axis] - self.patch[axis])
+                start = int(centre[axis]) - self.patch[axis] // 2
+                starts.append(min(max(start, lo_bound), hi_bound))
+            return starts
+        starts = []
+        for axis in range(3):
+            room = shape[axis] - self.patch[axis]
+            if room >= 0:
+                starts.append(int(torch.randint(room + 1, (1,), generator=generator)))
+            else:  # smaller than the patch: place the volume at a random offset inside it
+                starts.append(-int(torch.randint(-room + 1, (1,), generator=generator)))
+        return starts
+
+    def _crop(self, array: np.ndarray, starts: list[int], fill: float) -> np.ndarray:
+        out = np.full(self.patch, fill, dtype=array.dtype)
+        src, dst = [], []
+        for axis, start in enumerate(starts):
+            lo, hi = max(start, 0), min(start + self.patch[axis], array.shape[axis])
+            src.append(slice(lo, hi))
+            dst.append(slice(lo - start, hi - start))
+        out[tuple(dst)] = array[tuple(src)]
+        return out
+
+    def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch: image (B, 1, D, H, W) float32, label (B, 1, D, H, W) int64, on the CPU."""
+        images, labels = [], []
+        for index in range(self.batch_size):
+            case = self.cases[int(torch.randint(len(self.cases), (1,), generator=generator))]
+            starts = self._start(case, self._forced_foreground(index), generator)
+            images.append(self._crop(case.image, starts, self.pad_value))
+            labels.append(self._crop(case.label, starts, 0))
+        image = torch.from_numpy(np.stack(images))[:, None]
+        label = torch.from_numpy(np.stack(labels).astype(np.int64))[:, None]
+        return image, label
