@@ -25,6 +25,7 @@ test: install
 
 bench: install
 	$(PY) bench/sliding_window.py
+	$(PY) bench/service.py
 
 lint: install
 	$(VENV)/bin/ruff check .
