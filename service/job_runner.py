@@ -6,9 +6,10 @@ import logging
 import threading
 import time
 
-from service.errors import Busy, LiversegError
+from service.errors import Busy, LiversegError, UnsupportedOutput
 from service.io.decode import Upload, decode_upload
 from service.io.encode import image_to_nifti_bytes, mask_to_nifti_bytes, preview_png
+from service.io.seg import make_seg
 from service.jobs import JobRecord, JobStore
 from service.requests import SegmentParams, inference_options
 from service.results import build_summary
@@ -17,7 +18,8 @@ from service.worker import InferenceWorker, SegmentTask
 
 log = logging.getLogger(__name__)
 
-MASK, CONFIDENCE, PREVIEW, SUMMARY = "mask.nii.gz", "confidence.nii.gz", "preview.png", "summary.json"
+MASK, CONFIDENCE, PREVIEW, SUMMARY, SEG = "mask.nii.gz", "confidence.nii.gz", "preview.png", "summary.json", "seg.dcm"
+NO_SEG = "No DICOM SEG was made"  # starts the warning that says why, for GET /jobs/{id}/seg
 
 
 class JobRunner:
@@ -38,6 +40,10 @@ class JobRunner:
     def wake(self) -> None:
         """Tell the runner a job was queued."""
         self._wake.set()
+
+    async def submit(self, job_id: str) -> None:
+        """A job was queued in the store: wake the thread (with a queue URL, QueueDispatcher.submit instead)."""
+        self.wake()
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish the running job; queued ones stay queued for the next start."""
@@ -101,6 +107,11 @@ class JobRunner:
         if segmentation.confidence is not None:
             (folder / CONFIDENCE).write_bytes(image_to_nifti_bytes(segmentation.confidence))
         (folder / PREVIEW).write_bytes(preview_png(volume.image, segmentation.mask, segmentation.confidence))
+        if volume.source == "dicom":
+            try:
+                (folder / SEG).write_bytes(make_seg(volume, segmentation.mask, result.model.card))
+            except UnsupportedOutput as error:  # the mask stands; the SEG's absence is explained
+                volume.warnings.append(f"{NO_SEG}: {error.detail}")
         summary = build_summary(volume, result, {"decode": decode_s, "encode": time.perf_counter() - started})
         (folder / SUMMARY).write_text(summary.model_dump_json(indent=2))
         self.store.finish(job.id, summary.model_dump())

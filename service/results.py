@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import asdict
 
 from service import confidence as confidence_doc
@@ -35,6 +37,7 @@ def build_summary(volume: Volume, result: WorkerResult, timings_s: dict[str, flo
         model_sha256=card.weights_sha256,
         intended_use=card.intended_use,
         device=result.device,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
         liver_volume_ml=round(seg.liver_volume_ml, 2),
         liver_mean_hu=None if seg.liver_mean_hu is None else round(seg.liver_mean_hu, 1),
         bbox=bbox,
@@ -56,8 +59,12 @@ def build_summary(volume: Volume, result: WorkerResult, timings_s: dict[str, flo
 
 
 def summary_headers(summary: Summary) -> dict[str, str]:
-    """The summary's main figures as X-Liverseg-* headers, for clients that only save the mask."""
-    return {
+    """The summary's main figures as X-Liverseg-* headers, for clients that only save the mask.
+
+    X-Liverseg-Warnings (only when there are any) joins the input's warnings with " | ", e.g.
+    that a DICOM SEG references UIDs minted for an anonymised series.
+    """
+    return warnings_header(summary.input.warnings) | {
         "X-Liverseg-Model": summary.model,
         "X-Liverseg-Liver-Volume-Ml": f"{summary.liver_volume_ml:.2f}",
         "X-Liverseg-Liver-Mean-Hu": "" if summary.liver_mean_hu is None else f"{summary.liver_mean_hu:.1f}",
@@ -65,6 +72,14 @@ def summary_headers(summary: Summary) -> dict[str, str]:
         "X-Liverseg-Review-Recommended": str(summary.confidence.review_recommended).lower(),
         "X-Liverseg-Device": summary.device,
     }
+
+
+def warnings_header(warnings: list[str]) -> dict[str, str]:
+    """{"X-Liverseg-Warnings": the sentences joined with " | "} (ASCII), or {} when there are none."""
+    if not warnings:
+        return {}
+    text = " | ".join(" ".join(w.split()) for w in warnings)  # header values hold no line breaks
+    return {"X-Liverseg-Warnings": text.encode("ascii", "replace").decode("ascii")}
 
 
 def encode_output(kind: str, volume: Volume, result: WorkerResult) -> tuple[bytes, str, str]:

@@ -14,9 +14,10 @@ from service.api.deps import JobsDep, RunnerDep, SettingsDep, WorkerDep, require
 from service.api.segment import ERRORS, FileField, FilesField
 from service.api.uploads import collect, spool
 from service.errors import NotFound, NotReady, UnsupportedOutput
-from service.job_runner import CONFIDENCE, MASK, PREVIEW
+from service.job_runner import CONFIDENCE, MASK, NO_SEG, PREVIEW, SEG
 from service.jobs import JobRecord, JobStore
 from service.requests import SegmentParams
+from service.results import warnings_header
 from service.schemas import ErrorBody, Job
 from service.worker import InferenceWorker
 
@@ -36,6 +37,8 @@ def _job(record: JobRecord, store: JobStore, worker: InferenceWorker) -> Job:
         links |= {"mask": f"{base}/mask", "preview": f"{base}/preview.png"}
         if (store.folder(record.id) / CONFIDENCE).exists():
             links["confidence"] = f"{base}/confidence"
+        if (store.folder(record.id) / SEG).exists():
+            links["seg"] = f"{base}/seg"
     return Job(
         id=record.id, state=record.state, progress=record.progress, created_at=record.created_at,
         started_at=record.started_at, finished_at=record.finished_at, queue_position=position, eta_s=eta,
@@ -84,7 +87,7 @@ async def create_job(
         record = await run_in_threadpool(
             store.create, params.model_dump(), [(u.filename, u.path) for u in uploads]
         )
-    runner.wake()
+    await runner.submit(record.id)
     response.headers["Location"] = f"/jobs/{record.id}"
     return _job(record, store, worker)
 
@@ -108,6 +111,28 @@ def get_confidence(job_id: str, store: JobsDep) -> FileResponse:
         _finished_file(store, job_id, CONFIDENCE, "confidence map"), media_type="application/gzip",
         filename="liver_confidence.nii.gz",
     )
+
+
+@router.get(
+    "/{job_id}/seg", response_class=FileResponse,
+    responses={status: {"model": ErrorBody} for status in (404, 409, 422)},
+)
+def get_seg(job_id: str, store: JobsDep) -> FileResponse:
+    """The liver as a DICOM SEG referencing the uploaded series; 422 when the input was not DICOM."""
+    record = _record(store, job_id)
+    warnings = ((record.summary or {}).get("input") or {}).get("warnings") or []
+    if record.state == "done" and not (store.folder(job_id) / SEG).exists():
+        # The input's fault, as for output=dicom-seg on /segment: 422, with the reason.
+        source = ((record.summary or {}).get("input") or {}).get("source", "unknown")
+        if source != "dicom":
+            raise UnsupportedOutput(
+                f"DICOM SEG output needs a DICOM input to reference; this job's input was {source}. "
+                "Fetch the mask (/mask) instead."
+            )
+        reason = next((w for w in warnings if w.startswith(NO_SEG)), f"{NO_SEG} for this job.")
+        raise UnsupportedOutput(f"{reason} Fetch the mask (/mask) instead.")
+    path = _finished_file(store, job_id, SEG, "DICOM SEG")
+    return FileResponse(path, media_type="application/dicom", filename="liver_seg.dcm", headers=warnings_header(warnings))
 
 
 @router.get("/{job_id}/preview.png", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
