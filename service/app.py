@@ -38,12 +38,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             worker.start(warm=[])
             worker.ready = False
         store = JobStore(settings.data_dir)
-        runner = JobRunner(store, worker, settings)
-        runner.start()
+        if settings.queue_url:  # scale-out: jobs go to Redis, queue workers run them (service.queue_worker)
+            from service.job_queue import QueueDispatcher
+
+            runner = await QueueDispatcher.connect(store, settings)
+        else:
+            runner = JobRunner(store, worker, settings)
+            runner.start()
         app.state.settings, app.state.worker, app.state.jobs, app.state.runner = settings, worker, store, runner
         log.info("liverseg ready on %s with %s", worker.device, settings.model)
         yield
-        runner.stop()
+        if settings.queue_url:
+            await runner.aclose()
+        else:
+            runner.stop()
         worker.stop()
         store.close()
 

@@ -100,6 +100,24 @@ class JobStore:
             ).fetchone()
         return None if row is None else _record(row)
 
+    def claim(self, job_id: str) -> JobRecord | None:
+        """Mark this job running for a queue worker, again if a worker died on it; None once deleted or finished."""
+        with self._lock:
+            row = self._db.execute(
+                "UPDATE jobs SET state = 'running', started_at = ?, progress = 0 "
+                "WHERE id = ? AND state IN ('queued', 'running') RETURNING *",
+                (time.time(), job_id),
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def unfinished(self) -> list[str]:
+        """Ids of the jobs queued or running, oldest first (what a queue must still hold)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at"
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def set_progress(self, job_id: str, progress: float) -> None:
         with self._lock:
             self._db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (min(max(progress, 0.0), 1.0), job_id))

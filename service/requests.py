@@ -33,7 +33,7 @@ def inference_options(params: SegmentParams, settings: Settings) -> InferenceOpt
     """The engine's options for these parameters under these settings."""
     return InferenceOptions(
         tta=params.tta,
-        overlap=params.overlap,
+        overlap=settings.overlap if params.overlap is None else params.overlap,
         depth=params.depth,
         batch_size=settings.window_batch_size,
         skip_air_hu=settings.skip_air_hu,

@@ -51,6 +51,7 @@ class Summary(BaseModel):
     model_sha256: str
     intended_use: str
     device: str
+    worker: str | None = Field(None, description="host:pid of the process that ran it (an API process, or a queue worker).")
     liver_volume_ml: float
     liver_mean_hu: float | None
     bbox: BoundingBox | None

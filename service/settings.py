@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     # Serving
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    model: str = Field("unet3d_ds.phantom_3mm", description="Default model (registry name).")
+    model: str = Field("unet3d_ds.phantom_4mm", description="Default model (registry name).")
     model_dir: Path | None = Field(None, description="Checkpoint folder; default: the bundled model_zoo/checkpoints.")
     device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:N'.")
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -29,10 +29,16 @@ class Settings(BaseSettings):
     queue_size: int = Field(8, ge=1, description="Requests waiting for the worker before 503.")
     request_timeout_s: float = Field(900.0, gt=0)
     queue_url: str | None = Field(None, description="redis://... to scale out over worker processes.")
+    queue_lease_s: float = Field(
+        30.0, gt=0, description="A queue worker renews its hold on a running job every third of this; a dead worker's job moves on after it."
+    )
+    queue_max_tries: int = Field(3, ge=1, description="Starts of one queued job before it fails as worker_lost (its worker died each time).")
 
     # Inference
     window_batch_size: int = Field(4, ge=1)
-    overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    overlap: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Sliding-window overlap when a request gives none; unset: the model card's."
+    )
     skip_air_hu: float | None = Field(-500.0, description="Windows whose every voxel is below this HU are skipped.")
     confidence_review_threshold: float = Field(0.1, ge=0, le=1, description="Flag review above this low-confidence fraction.")
     low_confidence: float = Field(0.5, ge=0, le=1, description="A voxel below this confidence counts as low.")
