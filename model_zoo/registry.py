@@ -211,6 +211,21 @@ def save_checkpoint(
     return written
 
 
+def record_metrics(
+    name: str, metrics: dict[str, float], directory: str | os.PathLike[str] | None = None
+) -> ModelCard:
+    """Add (or replace) `metrics` in checkpoint `name`'s card, e.g. an evaluation made after export.
+
+    Only the card changes; the weights and their SHA-256 stay as they are.
+    """
+    folder = _directory(directory)
+    card = get_card(name, folder)
+    updated = ModelCard.model_validate({**card.model_dump(), "metrics": {**card.metrics, **metrics}})
+    text = updated.model_dump_json(indent=2) + "\n"
+    _write_atomically(folder / f"{name}.json", lambda tmp: Path(tmp).write_text(text))
+    return updated
+
+
 def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
     """Write through `write(temp_path)` then rename, so readers never see a half-written file."""
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -201,6 +201,19 @@ def format_table(results: Sequence[CaseEvaluation]) -> str:
     return "\n".join(lines)
 
 
+def mean_metrics(results: Sequence[CaseEvaluation], prefix: str) -> dict[str, float]:
+    """The mean of every finite metric over the cases, as PREFIX_<metric> (for a model card)."""
+    out: dict[str, float] = {f"{prefix}_cases": float(len(results))}
+    for field in CaseMetrics.__dataclass_fields__:
+        finite = [r.metrics.as_dict()[field] for r in results if math.isfinite(r.metrics.as_dict()[field])]
+        if finite:
+            out[f"{prefix}_{field}"] = round(float(np.mean(finite)), 4)
+    aurocs = [r.confidence_auroc for r in results if r.confidence_auroc is not None]
+    if aurocs:
+        out[f"{prefix}_confidence_auroc"] = round(float(np.mean(aurocs)), 4)
+    return out
+
+
 def write_csv(results: Sequence[CaseEvaluation], path: Path) -> None:
     """metrics.csv: case, every metric, confidence AUROC, seconds."""
     with open(path, "w", newline="") as stream:
@@ -234,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--confidence", action="store_true", help="also score the confidence map (AUROC)")
     parser.add_argument("--montage-cases", type=int, default=6, help="cases shown in montage.png")
     parser.add_argument("--out", default=None, help="output folder (default: runs/eval/MODEL)")
+    parser.add_argument("--record", metavar="PREFIX", default=None,
+                        help="write the mean metrics into the model's card as PREFIX_dice, ...")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -257,6 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_csv(results, out / "metrics.csv")
     save_montage(results, out / "montage.png")
     print(f"\nwrote {out / 'metrics.csv'} and {out / 'montage.png'}")  # noqa: T201
+    if args.record:
+        from model_zoo.registry import record_metrics
+
+        recorded = mean_metrics(results, args.record)
+        record_metrics(args.model, recorded, args.checkpoints)
+        print(f"recorded in the card of {args.model}: {recorded}")  # noqa: T201
     return 0
 
 

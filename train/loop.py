@@ -442,7 +442,8 @@ class Trainer:
                 device=str(self.device),
             ),
             metrics=metrics or {},
-            intended_use="Research and testing of the liverseg service; not a medical device.",
+            intended_use=("Trained on synthetic phantoms only. " if config.synthetic > 0 else "")
+            + "Research and testing of the liverseg service; not a medical device, not for clinical use.",
             framework_versions=current_framework_versions(),
         )
 

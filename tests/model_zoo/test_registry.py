@@ -22,6 +22,7 @@ from model_zoo.registry import (
     get_card,
     list_cards,
     load_model,
+    record_metrics,
     save_checkpoint,
     sha256_file,
 )
@@ -201,3 +202,15 @@ def test_python_dash_m_exits_non_zero_on_an_unknown_name(tmp_path: Path) -> None
 def test_every_bundled_checkpoint_verifies_and_loads_strictly(name: str) -> None:
     loaded = load_model(name)
     assert loaded.card.name == name and not loaded.network.training
+
+
+def test_recorded_metrics_change_the_card_and_not_the_weights(saved: ModelCard, tmp_path: Path) -> None:
+    weights_before = (tmp_path / saved.weights_file).read_bytes()
+    updated = record_metrics(NAME, {"real_sample_dice": 0.91, "dice_phantoms": 0.6}, tmp_path)
+    assert updated.metrics == {"dice_phantoms": 0.6, "real_sample_dice": 0.91}
+    assert get_card(NAME, tmp_path) == updated
+    assert updated.weights_sha256 == saved.weights_sha256
+    assert (tmp_path / saved.weights_file).read_bytes() == weights_before
+    load_model(NAME, tmp_path)  # still loads: the checksum is the weights'
+    with pytest.raises(ValueError):  # a card holds finite numbers only
+        record_metrics(NAME, {"hd95": float("inf")}, tmp_path)
