@@ -98,13 +98,17 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="session")
 def tiny_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight unet3d_ds checkpoint, small enough for API tests on a 2-core CPU."""
-    folder = tmp_path_factory.mktemp("checkpoints")
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("checkpoints"), TINY, spacing_mm=4.0)
+
+
+def save_tiny_checkpoint(folder: Path, name: str, spacing_mm: float) -> Path:
+    """Save a random-weight unet3d_ds [4, 8, 16] with 32^3 patches on a `spacing_mm` grid as `name`."""
     kwargs = {"features": [4, 8, 16]}
     card = ModelCard(
-        name=TINY,
+        name=name,
         arch="unet3d_ds",
         arch_kwargs=kwargs,
-        input=InputContract(spacing_xyz_mm=(4.0, 4.0, 4.0), hu_window=(-200.0, 300.0), patch_size_dhw=(32, 32, 32)),
+        input=InputContract(spacing_xyz_mm=(spacing_mm,) * 3, hu_window=(-200.0, 300.0), patch_size_dhw=(32, 32, 32)),
         intended_use="Tests only: random weights.",
     )
     save_checkpoint(create_network("unet3d_ds", **kwargs), card, folder)

@@ -14,10 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from model_zoo import create_network
-from model_zoo.card import InputContract, ModelCard
-from model_zoo.registry import save_checkpoint
-from tests.conftest import IN_CI, REPO, TINY
+from tests.conftest import IN_CI, REPO, TINY, save_tiny_checkpoint
 from tests.e2e.conftest import free_port, server_factory  # noqa: F401  (the e2e fixture, reused here)
 
 
@@ -39,17 +36,7 @@ FINE = "unet3d_ds.tiny_1mm"
 def fine_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny network on a 1 mm grid, alone in its folder: a 10 cm CT is a hundred windows or
     more, so a job runs for seconds and a test can kill its worker in the middle of it."""
-    folder = tmp_path_factory.mktemp("fine-checkpoint")
-    kwargs = {"features": [4, 8, 16]}
-    card = ModelCard(
-        name=FINE,
-        arch="unet3d_ds",
-        arch_kwargs=kwargs,
-        input=InputContract(spacing_xyz_mm=(1.0, 1.0, 1.0), hu_window=(-200.0, 300.0), patch_size_dhw=(32, 32, 32)),
-        intended_use="Tests only: random weights.",
-    )
-    save_checkpoint(create_network("unet3d_ds", **kwargs), card, folder)
-    return folder
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("fine-checkpoint"), FINE, spacing_mm=1.0)
 
 
 def _pong(port: int) -> bool:
