@@ -6,6 +6,8 @@ Each has a stable machine-readable `code` (the `error` field of the JSON body) a
 
 from __future__ import annotations
 
+import re
+
 
 class LiversegError(Exception):
     """Base of every error a client can cause or be told about."""
@@ -79,3 +81,18 @@ class NotReady(LiversegError):
     """A job's result was asked for before the job finished."""
 
     code = "not_ready"
+
+
+def client_name(filename: str, keep_folders: bool = False) -> str:
+    """A client-supplied name made safe to quote in a message (no control characters, short)."""
+    text = filename if keep_folders else re.split(r"[\\/]", filename or "")[-1]
+    text = "".join(ch if ch.isprintable() else "?" for ch in text) or "upload"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def format_bytes(count: int) -> str:
+    """A byte count as people read it in a message: 1.5 GB, 20.0 MB, 512 bytes."""
+    for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("kB", 1024)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} bytes"

@@ -23,11 +23,9 @@ from __future__ import annotations
 import logging
 import math
 import re
-import stat
 import struct
 import tempfile
 import time
-import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from service.errors import InvalidVolume, TooLarge, UnsupportedFormat
+from service.errors import InvalidVolume, TooLarge, UnsupportedFormat, client_name, format_bytes
+from service.io.archive import extract_zip
 from service.io.dicom_series import DicomFile, decode_series
 from service.settings import Settings
 from service.volume import Source, Volume
@@ -47,7 +46,6 @@ log = logging.getLogger(__name__)
 HEAD_BYTES = 64 * 1024  # enough for any NIfTI, MetaImage or NRRD header we accept
 CHUNK = 1 << 20
 INFLATE_CHUNK = 4 << 20  # bytes inflated per step: bounds memory whatever the compression ratio
-ZIP_DIRECTORY_BYTES_PER_MEMBER = 4096  # a generous central-directory entry (name and extras)
 INT16_MIN, INT16_MAX = -32768, 32767
 ACCEPTED = (
     "send one NIfTI (.nii, .nii.gz), MetaImage (.mha) or NRRD (.nrrd) file, one .zip of a DICOM "
@@ -138,11 +136,11 @@ def decode_upload(files: list[Upload], settings: Settings) -> Volume:
     total = sum(upload.path.stat().st_size for upload in files)
     if total > settings.max_upload_bytes:
         raise TooLarge(
-            f"The upload is {_bytes(total)}; this service accepts at most "
-            f"{_bytes(settings.max_upload_bytes)} (LIVERSEG_MAX_UPLOAD_BYTES)."
+            f"The upload is {format_bytes(total)}; this service accepts at most "
+            f"{format_bytes(settings.max_upload_bytes)} (LIVERSEG_MAX_UPLOAD_BYTES)."
         )
     with tempfile.TemporaryDirectory(prefix="liverseg-decode-") as work:
-        entries = [(_display_name(upload.filename), upload.path) for upload in files]
+        entries = [(client_name(upload.filename), upload.path) for upload in files]
         volume = _decode_entries(entries, settings, Path(work), inside_zip=False)
     image = volume.image
     log.info(
@@ -163,7 +161,9 @@ def _decode_entries(
         if kind in VOLUME_KINDS:
             return _read_volume_file(name, path, kind, settings, work)
         if kind is Kind.ZIP and not inside_zip:
-            members = _extract_zip(name, path, settings, work / "zip")
+            members = extract_zip(name, path, settings, work / "zip")
+            if not members:
+                raise UnsupportedFormat(f"The zip '{name}' holds no files: {ACCEPTED}.")
             return _decode_entries(members, settings, work, inside_zip=True)
         if kind is Kind.ZIP:
             raise UnsupportedFormat(
@@ -391,7 +391,7 @@ def _prepare_nifti(
     if path.stat().st_size < needed:
         raise InvalidVolume(
             f"'{name}' is truncated: its NIfTI header announces {' x '.join(map(str, sizes))} voxels "
-            f"({_bytes(needed)}) but the file holds {_bytes(path.stat().st_size)}. Upload it again "
+            f"({format_bytes(needed)}) but the file holds {format_bytes(path.stat().st_size)}. Upload it again "
             "and check that the transfer completed."
         )
     plain.symlink_to(path.resolve())
@@ -505,7 +505,7 @@ def _gunzip(name: str, source: Path, target: Path, needed: int) -> None:
     if written < needed or not complete:
         raise InvalidVolume(
             f"'{name}' is a gzip-compressed NIfTI that ends early: it inflates to "
-            f"{_bytes(written)} of the {_bytes(needed)} its header announces"
+            f"{format_bytes(written)} of the {format_bytes(needed)} its header announces"
             + ("" if written < needed else ", and its gzip trailer is missing")
             + ". Upload it again and check that the transfer completed."
         )
@@ -571,8 +571,8 @@ def _check_shape(name: str, sizes: list[int], settings: Settings) -> None:
 def _check_decompressed(name: str, pixel_bytes: int, settings: Settings) -> None:
     if pixel_bytes > settings.max_decompressed_bytes:
         raise TooLarge(
-            f"'{name}' declares {_bytes(pixel_bytes)} of pixel data; this service inflates at most "
-            f"{_bytes(settings.max_decompressed_bytes)} (LIVERSEG_MAX_DECOMPRESSED_BYTES)."
+            f"'{name}' declares {format_bytes(pixel_bytes)} of pixel data; this service inflates at most "
+            f"{format_bytes(settings.max_decompressed_bytes)} (LIVERSEG_MAX_DECOMPRESSED_BYTES)."
         )
 
 
@@ -633,150 +633,3 @@ def _value_range(view: np.ndarray) -> tuple[float, float, int, bool]:
             low, high = min(low, float(values.min())), max(high, float(values.max()))
             integral = integral and bool(np.all(values == np.round(values)))
     return low, high, nonfinite, integral
-
-
-# ---------------------------------------------------------------------------------------------
-# Zip archives
-
-
-def _extract_zip(name: str, path: Path, settings: Settings, target: Path) -> list[tuple[str, Path]]:
-    """Extract a zip into `target` under names of our own, checking every limit on the way.
-
-    Returns (member name, extracted path) for each file member, junk (macOS forks, dot files)
-    left out. Nothing is extracted until every member's name and type has been checked.
-    """
-    entries, directory_bytes = _zip_directory_size(name, path)
-    if entries > settings.max_zip_members:
-        raise TooLarge(
-            f"The zip '{name}' holds {entries:,} entries; this service accepts at most "
-            f"{settings.max_zip_members:,} (LIVERSEG_MAX_ZIP_MEMBERS)."
-        )
-    if directory_bytes > settings.max_zip_members * ZIP_DIRECTORY_BYTES_PER_MEMBER:
-        raise TooLarge(f"The zip '{name}' has a {_bytes(directory_bytes)} directory, far more than its entries need: refused.")
-    damaged = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error)
-    try:
-        archive = zipfile.ZipFile(path)
-    except damaged:
-        raise UnsupportedFormat(f"'{name}' is not a readable zip archive (it is truncated or damaged).") from None
-    with archive:
-        infos = archive.infolist()
-        if len(infos) > settings.max_zip_members:
-            raise TooLarge(
-                f"The zip '{name}' holds {len(infos):,} entries; this service accepts at most "
-                f"{settings.max_zip_members:,} (LIVERSEG_MAX_ZIP_MEMBERS)."
-            )
-        members = []
-        for info in infos:
-            _check_member(name, info)
-            if info.is_dir() or _is_junk(info.filename):
-                continue
-            members.append(info)
-        declared = sum(info.file_size for info in members)
-        if declared > settings.max_decompressed_bytes:  # an early refusal; acceptance counts real bytes
-            raise TooLarge(_inflates_too_much(name, settings))
-        target.mkdir(parents=True, exist_ok=True)
-        extracted: list[tuple[str, Path]] = []
-        total = 0
-        for number, info in enumerate(members):
-            out_path = target / f"member{number:06d}"  # our names: a member's own name never reaches the disk
-            try:
-                with archive.open(info) as src, out_path.open("wb") as out:
-                    while chunk := src.read(CHUNK):
-                        total += len(chunk)
-                        if total > settings.max_decompressed_bytes:
-                            raise TooLarge(_inflates_too_much(name, settings))
-                        out.write(chunk)
-            except (NotImplementedError, RuntimeError):
-                raise UnsupportedFormat(
-                    f"The zip '{name}' uses a compression method or encryption this service cannot read "
-                    f"(member '{_display_name(info.filename)}'); re-create it with plain deflate."
-                ) from None
-            except damaged:
-                raise UnsupportedFormat(
-                    f"The zip '{name}' is damaged: member '{_display_name(info.filename)}' fails its check. "
-                    "Upload it again and check that the transfer completed."
-                ) from None
-            extracted.append((_display_name(info.filename), out_path))
-    if not extracted:
-        raise UnsupportedFormat(f"The zip '{name}' holds no files: {ACCEPTED}.")
-    return extracted
-
-
-def _zip_directory_size(name: str, path: Path) -> tuple[int, int]:
-    """(entries, central directory bytes) from the zip's end record, read before anything else."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        tail_length = min(size, 22 + 65535)
-        f.seek(size - tail_length)
-        tail = f.read(tail_length)
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or len(tail) - at < 22:
-            raise UnsupportedFormat(
-                f"'{name}' is not a readable zip archive: its end record is missing (the file is truncated)."
-            )
-        entries, directory_bytes, directory_offset = struct.unpack("<HII", tail[at + 10 : at + 20])
-        if entries == 0xFFFF or directory_bytes == 0xFFFFFFFF or directory_offset == 0xFFFFFFFF:
-            locator = tail[at - 20 : at] if at >= 20 else b""
-            if locator[:4] == b"PK\x06\x07":  # zip64: the real counts are in the zip64 end record
-                (record_at,) = struct.unpack("<Q", locator[8:16])
-                f.seek(record_at)
-                record = f.read(56)
-                if record[:4] == b"PK\x06\x06":
-                    entries, directory_bytes = struct.unpack("<QQ", record[32:48])
-    return entries, directory_bytes
-
-
-def _check_member(name: str, info: zipfile.ZipInfo) -> None:
-    member = info.filename
-    shown = _display_name(member, keep_folders=True)
-    normal = member.replace("\\", "/")
-    if (
-        "\x00" in member
-        or normal.startswith("/")
-        or re.match(r"^[A-Za-z]:", normal)
-        or ".." in normal.split("/")
-    ):
-        raise UnsupportedFormat(
-            f"The zip '{name}' is refused: its entry '{shown}' points outside the archive (an absolute "
-            "path, a drive letter or '..'). Re-create the archive with relative paths."
-        )
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise UnsupportedFormat(
-            f"The zip '{name}' is refused: its entry '{shown}' is a symbolic link. Re-create the archive "
-            "with the files themselves."
-        )
-    if info.flag_bits & 0x1:
-        raise UnsupportedFormat(
-            f"The zip '{name}' is encrypted (entry '{shown}'); upload an archive without a password."
-        )
-
-
-def _is_junk(member: str) -> bool:
-    """Entries that file managers add beside the data (macOS resource forks, dot files, thumbnails)."""
-    parts = member.replace("\\", "/").split("/")
-    return parts[0] == "__MACOSX" or parts[-1].startswith(".") or parts[-1].lower() in ("thumbs.db", "desktop.ini")
-
-
-def _inflates_too_much(name: str, settings: Settings) -> str:
-    return (
-        f"The zip '{name}' inflates to more than {_bytes(settings.max_decompressed_bytes)}, the most this "
-        "service extracts (LIVERSEG_MAX_DECOMPRESSED_BYTES)."
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Small formatting helpers for messages
-
-
-def _display_name(filename: str, keep_folders: bool = False) -> str:
-    """A client-supplied name made safe to quote in a message (no control characters, short)."""
-    text = filename if keep_folders else re.split(r"[\\/]", filename or "")[-1]
-    text = "".join(ch if ch.isprintable() else "?" for ch in text) or "upload"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _bytes(count: int) -> str:
-    for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("kB", 1024)):
-        if count >= size:
-            return f"{count / size:.1f} {unit}"
-    return f"{count} bytes"
