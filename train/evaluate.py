@@ -47,13 +47,15 @@ class CaseEvaluation:
     prediction: sitk.Image
     seconds: float
     confidence_auroc: float | None = None
+    low_confidence_fraction: float | None = None  # of the predicted liver (the summary's figure)
     tiles: list[np.ndarray] | None = None  # RGB uint8 (TILE_PX, TILE_PX, 3)
 
 
 def predict_case(
     image: sitk.Image, model: LoadedModel, *, device: str = "cpu", confidence: bool = False
-) -> tuple[sitk.Image, sitk.Image | None]:
-    """The service's mask (uint8 0/1 on `image`'s grid) and, if asked, its confidence map."""
+) -> tuple[sitk.Image, sitk.Image | None, float]:
+    """The service's mask (uint8 0/1 on `image`'s grid), its confidence map if asked for, and the
+    fraction of the liver below the low-confidence line (what drives "review recommended")."""
     from service.pipeline import InferenceOptions, segment  # the service's own path
 
     options = InferenceOptions(
@@ -62,7 +64,7 @@ def predict_case(
         confidence_map=confidence,
     )
     result = segment(image, model, options)
-    return result.mask, result.confidence
+    return result.mask, result.confidence, result.confidence_summary.fraction_below_threshold
 
 
 def confidence_auroc(confidence: np.ndarray, prediction: np.ndarray, reference: np.ndarray) -> float | None:
@@ -110,9 +112,9 @@ def evaluate_case(
     if (model is None) == (prediction is None):
         raise ValueError("evaluate_case needs exactly one of model= or prediction=")
     start = time.perf_counter()
-    confidence_image = None
+    confidence_image, low_fraction = None, None
     if prediction is None:
-        prediction, confidence_image = predict_case(image, model, device=device, confidence=confidence)
+        prediction, confidence_image, low_fraction = predict_case(image, model, device=device, confidence=confidence)
     if prediction.GetSize() != reference.GetSize():
         raise ValueError(f"prediction size {prediction.GetSize()} != reference size {reference.GetSize()}")
     predicted = sitk.GetArrayViewFromImage(prediction) > 0
@@ -123,7 +125,8 @@ def evaluate_case(
         auroc = confidence_auroc(sitk.GetArrayViewFromImage(confidence_image), predicted, truth)
     rendered = montage_tiles(image, truth, predicted, count=tiles) if tiles > 0 else None
     return CaseEvaluation(name=name, metrics=metrics, prediction=prediction,
-                          seconds=time.perf_counter() - start, confidence_auroc=auroc, tiles=rendered)
+                          seconds=time.perf_counter() - start, confidence_auroc=auroc,
+                          low_confidence_fraction=low_fraction, tiles=rendered)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -219,11 +222,12 @@ def write_csv(results: Sequence[CaseEvaluation], path: Path) -> None:
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
         fields = list(CaseMetrics.__dataclass_fields__)
-        writer.writerow(["case", *fields, "confidence_auroc", "seconds"])
+        writer.writerow(["case", *fields, "confidence_auroc", "low_confidence_fraction", "seconds"])
         for r in results:
             values = r.metrics.as_dict()
             writer.writerow([r.name, *(f"{values[f]:.6g}" for f in fields),
                              "" if r.confidence_auroc is None else f"{r.confidence_auroc:.4f}",
+                             "" if r.low_confidence_fraction is None else f"{r.low_confidence_fraction:.4f}",
                              f"{r.seconds:.2f}"])
 
 

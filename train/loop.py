@@ -238,6 +238,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)  # patches and augmentation
         self.history: list[EpochRecord] = []
         self.seconds_before = 0.0  # training time of earlier sessions of a resumed run
+        self.code_revision = code_revision()  # the code this session trains with, not the code at export
         self._start = time.perf_counter()
         self.train_sources, self.val_sources, self.data_description = select_cases(config)
         self.train_cases: list[PreparedCase] = []
@@ -437,7 +438,7 @@ class Trainer:
                 epochs=len(self.history),
                 seconds=round(self.seconds_before + self._elapsed(), 1),
                 command=config.command or f"train.loop.Trainer({config.to_json()!r})",
-                code_revision=code_revision(),
+                code_revision=self.code_revision,
                 seed=config.seed,
                 device=str(self.device),
             ),

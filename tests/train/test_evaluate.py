@@ -1,0 +1,56 @@
+"""train.evaluate: the confidence AUROC and a case scored with a given prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from train.evaluate import confidence_auroc, evaluate_case, format_table, mean_metrics
+
+
+def _masks() -> tuple[np.ndarray, np.ndarray]:
+    reference = np.zeros((10, 10, 10), bool)
+    reference[2:8, 2:8, 2:8] = True
+    prediction = reference.copy()
+    prediction[2, 2:8, 2:8] = False  # one wrong slab of 36 voxels
+    return prediction, reference
+
+
+def test_auroc_is_one_when_only_the_wrong_voxels_are_unsure() -> None:
+    prediction, reference = _masks()
+    confidence = np.where(prediction != reference, 0.2, 0.9)
+    assert confidence_auroc(confidence, prediction, reference) == pytest.approx(1.0)
+    assert confidence_auroc(1 - confidence, prediction, reference) == pytest.approx(0.0)
+    assert confidence_auroc(np.full(prediction.shape, 0.7), prediction, reference) == pytest.approx(0.5)
+
+
+def test_auroc_by_hand() -> None:
+    prediction, reference = _masks()
+    confidence = np.ones(prediction.shape)
+    wrong = np.argwhere(prediction != reference)
+    confidence[tuple(wrong[:18].T)] = 0.1  # half the wrong voxels are flagged
+    # flagged wrong voxels beat every right one (1), the rest tie with them (1/2): AUROC 3/4
+    assert confidence_auroc(confidence, prediction, reference) == pytest.approx(0.75)
+
+
+def test_auroc_undefined_without_errors() -> None:
+    _, reference = _masks()
+    assert confidence_auroc(np.ones(reference.shape), reference, reference) is None
+
+
+def test_case_with_a_given_prediction() -> None:
+    prediction, reference = _masks()
+    image = sitk.GetImageFromArray(np.zeros(reference.shape, np.int16))
+    image.SetSpacing((2.0, 2.0, 2.0))
+    as_image = [sitk.GetImageFromArray(m.astype(np.uint8)) for m in (prediction, reference)]
+    for mask in as_image:
+        mask.CopyInformation(image)
+    result = evaluate_case(image, as_image[1], prediction=as_image[0], tiles=2)
+    assert result.metrics.dice == pytest.approx(2 * 180 / (180 + 216))
+    assert result.metrics.rvd_pct == pytest.approx(100 * (180 - 216) / 216)
+    assert len(result.tiles) == 2
+    assert mean_metrics([result], "real")["real_dice"] == pytest.approx(round(result.metrics.dice, 4))
+    assert "mean" in format_table([result])
+    with pytest.raises(ValueError, match="exactly one"):
+        evaluate_case(image, as_image[1])
