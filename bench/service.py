@@ -1,8 +1,7 @@
 """Benchmark: end-to-end POST /segment on a real uvicorn, per stage, alone and with concurrent clients.
 
 Starts `python -m service` on loopback (the bundled model unless --model), uploads a CT-sized
-synthetic abdomen (512x512x300 at 0.8x0.8x1.5 mm, int16 NIfTI, the same volume as
-bench/sliding_window.py) and reads the server's own per-stage timings from the JSON summary:
+phantom (train.phantoms, seed 7: 512x512x300 at 0.8x0.8x1.5 mm, int16 NIfTI) and reads the server's own per-stage timings from the JSON summary:
 
 1. latency: --repeats requests one after another; median seconds per stage (decode, preprocess,
    inference, postprocess, restore, encode, queued) and the client's wall time, upload included;
@@ -34,8 +33,9 @@ import httpx  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
-from bench.sliding_window import describe_device, synthesise_ct  # noqa: E402
+from bench.sliding_window import describe_device  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from train.phantoms import make_phantom  # noqa: E402
 
 STAGES = ("queued", "decode", "preprocess", "inference", "postprocess", "restore", "encode")
 
@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     shape = (120, 256, 256) if args.quick else (300, 512, 512)
-    ct = synthesise_ct(shape, (0.8, 0.8, 1.5), seed=0)
+    phantom = make_phantom(7, spacing_xyz_mm=(0.8, 0.8, 1.5), size_xyz=shape[::-1])
+    ct = phantom.ct
+    true_liver_ml = float(sitk.GetArrayViewFromImage(phantom.liver).sum()) * 0.8 * 0.8 * 1.5 / 1000
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         folder = Path(tmp)
         sitk.WriteImage(ct, str(folder / "ct.nii.gz"), useCompression=True)
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         "volume": {"size_xyz": list(ct.GetSize()), "spacing_xyz_mm": list(ct.GetSpacing()),
                    "upload_mb": round(len(data) / 2**20, 1)},
         "liver_volume_ml": first["liver_volume_ml"],
+        "true_liver_volume_ml": round(true_liver_ml, 1),
         "stage_s_median": {stage: round(statistics.median(r["timings_s"].get(stage, 0.0) for r in sequential), 3)
                            for stage in STAGES},
         "server_total_s_median": round(statistics.median(sum(r["timings_s"].values()) for r in sequential), 2),
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"POST /segment end to end: {report['model']} on {report['device']} (torch {report['torch']}, "
           f"load average {report['load_average_1min']:.1f} at the end)")
     print(f"CT {v['size_xyz']} (x,y,z) at {v['spacing_xyz_mm']} mm, {v['upload_mb']} MB upload; "
-          f"liver found {report['liver_volume_ml']:.0f} mL\n")
+          f"liver found {report['liver_volume_ml']:.0f} mL (the phantom's: {report['true_liver_volume_ml']:.0f} mL)\n")
     for stage, seconds in report["stage_s_median"].items():
         print(f"  {stage:<12} {seconds:8.2f} s")
     print(f"  {'server':<12} {report['server_total_s_median']:8.2f} s (sum of stages, median of {args.repeats})")
