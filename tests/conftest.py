@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,14 @@ def read_nifti(data: bytes) -> sitk.Image:
         path = Path(folder) / "mask.nii.gz"
         path.write_bytes(data)
         return sitk.ReadImage(str(path))
+
+
+def wait_for_job(client, url: str, timeout: float) -> dict:
+    """Poll GET `url` (with a TestClient or an httpx.Client) until the job is done or failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(url).json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {url} did not finish in {timeout} s: {job}")

@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import io
 import signal
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import ORIENTATIONS, nifti_bytes, read_nifti, sphere_ct
+from tests.conftest import ORIENTATIONS, nifti_bytes, read_nifti, sphere_ct, wait_for_job
 from tests.service.test_api import assert_same_grid
 
 pytestmark = pytest.mark.slow
-
-
-def wait_done(client: httpx.Client, url: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(url).json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not finished in {timeout} s: {job}")
 
 
 @pytest.fixture
@@ -78,7 +66,7 @@ def test_jobs_survive_a_killed_server(server_factory) -> None:
     server.stop(signal.SIGKILL)  # no chance to finish anything
     restarted = server.start()
     with restarted.client() as client:
-        jobs = [wait_done(client, url) for url in urls]
+        jobs = [wait_for_job(client, url, timeout=180) for url in urls]
         assert [j["state"] for j in jobs] == ["done"] * 3
         assert_same_grid(read_nifti(client.get(jobs[0]["links"]["mask"]).content), ct)
 

@@ -26,15 +26,7 @@ from model_zoo.blocks import (
 )
 from model_zoo.names import UnknownNameError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads on a busy 2-core machine spin
-    (this file ran 6x slower with 2 threads beside other jobs), so use one and restore the count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_names_are_the_documented_ones():

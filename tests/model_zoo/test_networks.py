@@ -18,14 +18,7 @@ ARCHS = list_architectures()
 # Downsampling factor of each output (main first) for TINY, as the contract promises.
 EXPECTED_STRIDES = {"dsn3d": [1, 1, 1], "unet3d_ds": [1, 2], "unetpp3d": [1, 1]}
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads on a busy 2-core machine spin
-    (this file ran 6x slower with 2 threads beside other jobs), so use one and restore the count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(arch: str, **kwargs: object) -> torch.nn.Module:

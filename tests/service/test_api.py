@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -11,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import ORIENTATIONS, TINY, nifti_bytes, read_nifti, sphere_ct
+from tests.conftest import ORIENTATIONS, TINY, nifti_bytes, read_nifti, sphere_ct, wait_for_job
 
 
 @pytest.fixture(scope="module")
@@ -123,23 +121,13 @@ def test_upload_over_the_limit_is_refused_before_decoding(tiny_checkpoint_dir, t
         assert response.json()["error"] == "too_large" and "LIVERSEG_MAX_UPLOAD_BYTES" in response.json()["detail"]
 
 
-def wait_for(client: TestClient, url: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(url).json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {url} did not finish in {timeout} s: {job}")
-
-
 def test_job_lifecycle(client, ct_bytes) -> None:
     ct, data = ct_bytes
     accepted = client.post("/jobs", params={"confidence": True}, files={"file": ("ct.nii.gz", data)})
     assert accepted.status_code == 202, accepted.text
     url = accepted.headers["location"]
     assert url == f"/jobs/{accepted.json()['id']}"
-    job = wait_for(client, url)
+    job = wait_for_job(client, url, timeout=60)
     assert job["state"] == "done" and job["progress"] == 1
     assert job["summary"]["input"]["size_xyz"] == list(ct.GetSize())
     assert_same_grid(read_nifti(client.get(job["links"]["mask"]).content), ct)
@@ -154,7 +142,7 @@ def test_job_lifecycle(client, ct_bytes) -> None:
 
 def test_a_failed_job_says_why(client) -> None:
     accepted = client.post("/jobs", files={"file": ("ct.nii.gz", b"this is not a CT")})
-    job = wait_for(client, accepted.headers["location"])
+    job = wait_for_job(client, accepted.headers["location"], timeout=60)
     assert job["state"] == "failed" and job["error"]["error"] in ("unsupported_format", "invalid_volume")
     mask = client.get(f"{accepted.headers['location']}/mask")
     assert mask.status_code == 409 and "failed" in mask.json()["detail"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import io
-import time
 from pathlib import Path
 
 import highdicom as hd
@@ -27,7 +26,7 @@ from service.io.decode import Upload, decode_upload
 from service.io.seg import MANUFACTURER, SERIES_DESCRIPTION, make_seg
 from service.settings import Settings
 from service.volume import Volume
-from tests.conftest import ORIENTATIONS, nifti_bytes, read_nifti
+from tests.conftest import ORIENTATIONS, nifti_bytes, read_nifti, wait_for_job
 from train.phantoms import make_phantom, write_dicom_series
 
 CARD = ModelCard(
@@ -221,16 +220,6 @@ def client(settings: Settings):
         yield client
 
 
-def wait_done(client: TestClient, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} not finished in {timeout} s: {job}")
-
-
 @pytest.mark.slow
 def test_nifti_input_gets_422_for_a_seg_and_dicom_input_gets_its_seg(client, tmp_path) -> None:
     phantom, files, _ = phantom_series(tmp_path, seed=1)
@@ -241,11 +230,11 @@ def test_nifti_input_gets_422_for_a_seg_and_dicom_input_gets_its_seg(client, tmp
 
     nifti_job = client.post("/jobs", files={"file": ("ct.nii.gz", nifti_bytes(phantom.ct))}).json()["id"]
     dicom_job = client.post("/jobs", files=[("files", (f.name, f.read_bytes())) for f in files]).json()["id"]
-    assert "seg" not in wait_done(client, nifti_job)["links"]
+    assert "seg" not in wait_for_job(client, f"/jobs/{nifti_job}", timeout=120)["links"]
     no_seg = client.get(f"/jobs/{nifti_job}/seg")
     assert no_seg.status_code == 422 and "this job's input was nifti" in no_seg.json()["detail"]
 
-    job = wait_done(client, dicom_job)
+    job = wait_for_job(client, f"/jobs/{dicom_job}", timeout=120)
     assert job["state"] == "done" and job["links"]["seg"] == f"/jobs/{dicom_job}/seg"
     seg = client.get(job["links"]["seg"])
     assert seg.status_code == 200 and seg.headers["content-type"] == "application/dicom"
