@@ -31,9 +31,8 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.pixels import pack_bits
 from pydicom.sr.codedict import codes
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from service.errors import UnsupportedOutput
 from service.volume import Volume
@@ -74,7 +73,7 @@ def make_seg(volume: Volume, mask: sitk.Image, card: ModelCard) -> bytes:
         card: the model's card, for the algorithm identification.
 
     Returns:
-        the SEG as a DICOM Part 10 file (JPEG 2000 lossless frames of a 1-bit segment).
+        the SEG as a DICOM Part 10 file (bit-packed 1-bit frames, explicit VR little endian).
 
     Raises:
         UnsupportedOutput: the volume is not DICOM, or its headers do not describe the grid
@@ -234,23 +233,6 @@ def _source_headers(ordered: list[pydicom.Dataset]) -> tuple[list[pydicom.Datase
     return sources, repairs
 
 
-def uncompressed_seg(data: bytes) -> bytes:
-    """A SEG made by `make_seg` rewritten with bit-packed frames in explicit VR little endian.
-
-    For DICOM peers that do not accept JPEG 2000 (a C-STORE destination may refuse it).
-    """
-    ds = pydicom.dcmread(io.BytesIO(data))
-    if not ds.file_meta.TransferSyntaxUID.is_compressed:
-        return data
-    frames = ds.pixel_array.astype(np.uint8)  # (frames, rows, columns) 0/1
-    ds.PixelData = pack_bits(frames.ravel())  # 1 bit per pixel, frames back to back
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def _lean_copy(ds: pydicom.Dataset) -> pydicom.Dataset:
     lean = pydicom.Dataset()
     for keyword in REFERENCE_KEYWORDS:
@@ -282,9 +264,9 @@ def _segmentation(sources: list[pydicom.Dataset], pixels: np.ndarray, card: Mode
         series_description=SERIES_DESCRIPTION,
         content_description=f"Liver, automatic, model {card.name}"[:64],
         content_label="LIVER",
-        # Lossless JPEG 2000: ~20 times smaller than bit-packed frames and faster to write
-        # (real sample: 29 kB against 671 kB); `uncompressed_seg` converts for peers that refuse it.
-        transfer_syntax_uid=JPEG2000Lossless,
+        # Bit-packed, not JPEG 2000: pylibjpeg-openjpeg 2.6 encodes some 1-bit frames wrongly
+        # (tests/service/data/openjpeg_1bit_mask.npy), and bit-packed is what every PACS takes.
+        transfer_syntax_uid=ExplicitVRLittleEndian,
         omit_empty_frames=True,
     )
 

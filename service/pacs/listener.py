@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import SegmentationStorage, Verification
 
-from service.io.seg import uncompressed_seg
 from service.pacs.bridge import Outcome, PacsRefused
 from service.pacs.jobs_client import JobsClient, ServiceRefused
 from service.pacs.retry import GaveUp, RetryPolicy, TransientError, describe
@@ -217,8 +216,6 @@ class Listener:
 
     def _send_once(self, seg: bytes) -> None:
         ae = AE(ae_title=self.ae_title)
-        # Two contexts, so that a destination without JPEG 2000 still accepts the uncompressed one.
-        ae.add_requested_context(SegmentationStorage, [JPEG2000Lossless])
         ae.add_requested_context(SegmentationStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title)
         if not assoc.is_established:
@@ -227,8 +224,7 @@ class Listener:
             accepted = {cx.transfer_syntax[0] for cx in assoc.accepted_contexts if cx.abstract_syntax == SegmentationStorage}
             if not accepted:
                 raise PacsRefused(f"{self.destination} accepts no Segmentation Storage")
-            data = seg if JPEG2000Lossless in accepted else uncompressed_seg(seg)
-            status = assoc.send_c_store(pydicom.dcmread(io.BytesIO(data)))
+            status = assoc.send_c_store(pydicom.dcmread(io.BytesIO(seg)))
             if "Status" not in status:
                 raise TransientError(f"{self.destination} did not answer the C-STORE (association aborted?)")
             code = int(status.Status)

@@ -70,6 +70,18 @@ def sop_uids(files: list[Path]) -> list[str]:
     return [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
 
 
+def test_a_mask_that_jpeg_2000_garbles_comes_back_exactly(tmp_path) -> None:
+    # A random network's mask on the seed-1 slab: pylibjpeg-openjpeg 2.6 encoded three of its
+    # 1-bit frames wrongly when SEGs were JPEG 2000 (and highdicom decoded them as written).
+    packed = np.load(Path(__file__).parent / "data" / "openjpeg_1bit_mask.npy")
+    _, files, volume = phantom_series(tmp_path, seed=1)
+    size_xyz = volume.image.GetSize()
+    expected = np.unpackbits(packed)[: int(np.prod(size_xyz))].reshape(size_xyz[::-1])
+    mask = sitk.GetImageFromArray(expected)
+    mask.CopyInformation(volume.image)
+    assert np.array_equal(seg_by_instance(make_seg(volume, mask, CARD), sop_uids(files)), expected)
+
+
 def test_seg_references_its_source_and_codes_the_liver(tmp_path) -> None:
     phantom, files, volume = phantom_series(tmp_path, seed=1)
     seg = hd.seg.segread(io.BytesIO(make_seg(volume, on_grid(phantom.liver, volume.image), CARD)))
