@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage, stats
 
 from model_zoo.registry import LoadedModel
-from train.metrics import CaseMetrics, evaluate_masks
+from train.metrics import CaseMetrics, evaluate_masks, summarise
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +205,8 @@ def format_table(results: Sequence[CaseEvaluation]) -> str:
 
 
 def mean_metrics(results: Sequence[CaseEvaluation], prefix: str) -> dict[str, float]:
-    """The mean of every finite metric over the cases, as PREFIX_<metric> (for a model card)."""
-    out: dict[str, float] = {f"{prefix}_cases": float(len(results))}
-    for field in CaseMetrics.__dataclass_fields__:
-        finite = [r.metrics.as_dict()[field] for r in results if math.isfinite(r.metrics.as_dict()[field])]
-        if finite:
-            out[f"{prefix}_{field}"] = round(float(np.mean(finite)), 4)
+    """`train.metrics.summarise` of the cases (rounded) and their mean confidence AUROC."""
+    out = {key: round(value, 4) for key, value in summarise([r.metrics for r in results], prefix).items()}
     aurocs = [r.confidence_auroc for r in results if r.confidence_auroc is not None]
     if aurocs:
         out[f"{prefix}_confidence_auroc"] = round(float(np.mean(aurocs)), 4)

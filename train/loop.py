@@ -21,7 +21,6 @@ import csv
 import dataclasses
 import json
 import logging
-import math
 import os
 import subprocess
 import tempfile
@@ -59,6 +58,7 @@ from train.data import (
     split_cases,
 )
 from train.losses import DeepSupervisionLoss, aux_weight_factor
+from train.metrics import summarise
 
 log = logging.getLogger(__name__)
 
@@ -474,24 +474,7 @@ class Trainer:
             image, liver = load_case(source)
             rows.append(evaluate_case(image, liver, model=model, device=str(self.device)).metrics)
         self.network.train()
-        return summarise(rows)
-
-
-def summarise(rows: Sequence[Any]) -> dict[str, float]:
-    """Mean of each CaseMetrics field over cases, as "val_<field>"; non-finite means are left out
-    (a card holds finite numbers) and counted in "val_cases_without_surface"."""
-    out: dict[str, float] = {"val_cases": float(len(rows))}
-    if not rows:
-        return out
-    fields = rows[0].as_dict().keys()
-    infinite = sum(1 for r in rows if not math.isfinite(r.hd95_mm))
-    for key in fields:
-        values = [r.as_dict()[key] for r in rows]
-        if all(math.isfinite(v) for v in values):
-            out[f"val_{key}"] = float(np.mean(values))
-    if infinite:
-        out["val_cases_without_surface"] = float(infinite)
-    return out
+        return summarise(rows, "val")
 
 
 def plot_curves(history: Sequence[EpochRecord], path: Path, title: str) -> None:

@@ -153,3 +153,20 @@ def evaluate_masks(
         hd_mm=float(pooled.max()),
         **overlap,
     )
+
+
+def summarise(rows: Sequence[CaseMetrics], prefix: str) -> dict[str, float]:
+    """Mean of each metric over cases, as "PREFIX_<metric>", for a model card. A metric that is
+    not finite for some case (no surface: nothing predicted) is left out, since a card holds finite
+    numbers, and those cases are counted in "PREFIX_cases_without_surface"."""
+    out: dict[str, float] = {f"{prefix}_cases": float(len(rows))}
+    if not rows:
+        return out
+    infinite = sum(1 for r in rows if not math.isfinite(r.hd95_mm))
+    for key in rows[0].as_dict():
+        values = [r.as_dict()[key] for r in rows]
+        if all(math.isfinite(v) for v in values):
+            out[f"{prefix}_{key}"] = float(np.mean(values))
+    if infinite:
+        out[f"{prefix}_cases_without_surface"] = float(infinite)
+    return out
