@@ -193,21 +193,17 @@ def prepare(image: sitk.Image, contract: InputContract) -> PreparedVolume:
     return PreparedVolume(array=array, image=resampled, contract=contract, crop=crop)
 
 
-def _active_region(
-    channel: np.ndarray,
-    outside: float,
-    tolerance: float,
-    model: sitk.Image,
-    reference: sitk.Image,
+def reference_region(
+    active: np.ndarray, model: sitk.Image, reference: sitk.Image
 ) -> tuple[list[int], list[int]] | None:
-    """The reference-grid box (start_xyz, size_xyz) outside which `channel` restores to `outside`.
+    """The reference-grid box (start_xyz, size_xyz) whose linear resampling can see an `active` model voxel.
 
-    Voxels within `tolerance` of `outside` count as outside. A reference point's interpolation
-    reads model voxels floor(c) and floor(c) + 1 of its continuous index c, so it can only see an
-    active voxel in [lo, hi] if c lies in [lo - 1, hi + 1]: map that box's corners to the reference
-    grid and widen by a voxel. None when no voxel is active.
+    A reference point's interpolation reads model voxels floor(c) and floor(c) + 1 of its
+    continuous index c, so it can only see an active voxel in [lo, hi] if c lies in
+    [lo - 1, hi + 1]: map that box's corners to the reference grid and widen by a voxel, then clip
+    to the reference. None when no voxel is active, or when every active one lies beyond the
+    reference (the model grid of an oblique scan covers more than the scan).
     """
-    active = np.abs(channel - np.float32(outside)) > tolerance
     bounds = []
     for axis in (2, 1, 0):  # x, y, z
         hit = np.flatnonzero(active.any(axis=tuple(a for a in range(3) if a != axis)))
@@ -273,7 +269,9 @@ def restore(
     out = np.empty((n_channels, *reference.GetSize()[::-1]), dtype=np.float32)
     for c in range(n_channels):
         channel = np.ascontiguousarray(channels[c], dtype=np.float32)
-        region = _active_region(channel, outside[c], tolerance, prepared.image, reference)
+        # Voxels within `tolerance` of `outside` count as outside.
+        active = np.abs(channel - np.float32(outside[c])) > tolerance
+        region = reference_region(active, prepared.image, reference)
         out[c] = outside[c]
         if region is None:
             continue

@@ -16,7 +16,14 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from model_zoo.preprocessing import AIR_HU, PreparedVolume, hu_to_input_units, prepare, restore
+from model_zoo.preprocessing import (
+    AIR_HU,
+    PreparedVolume,
+    hu_to_input_units,
+    prepare,
+    reference_region,
+    restore,
+)
 from model_zoo.registry import LoadedModel
 from service.confidence import ConfidenceSummary, confidence_map, summarise_confidence
 from service.errors import InvalidOption
@@ -125,26 +132,6 @@ def postprocess(liver_probability: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == sizes.argmax())
 
 
-def _region_on_input(
-    mask: np.ndarray, model_grid: sitk.Image, reference: sitk.Image, margin: int = 3
-) -> tuple[list[int], list[int]]:
-    """Index start and size (x, y, z) of the input-grid box that holds the model-grid mask."""
-    nz = np.nonzero(mask)
-    lo = [int(v.min()) for v in nz][::-1]  # (x, y, z)
-    hi = [int(v.max()) + 1 for v in nz][::-1]
-    corners = []
-    for cx in (lo[0] - 0.5, hi[0] - 0.5):
-        for cy in (lo[1] - 0.5, hi[1] - 0.5):
-            for cz in (lo[2] - 0.5, hi[2] - 0.5):
-                point = model_grid.TransformContinuousIndexToPhysicalPoint((cx, cy, cz))
-                corners.append(reference.TransformPhysicalPointToContinuousIndex(point))
-    corners_arr = np.array(corners)
-    size = reference.GetSize()
-    start = np.maximum(np.floor(corners_arr.min(0)).astype(int) - margin, 0)
-    stop = np.minimum(np.ceil(corners_arr.max(0)).astype(int) + margin + 1, size)
-    return start.tolist(), (stop - start).tolist()
-
-
 def _grid_like(reference: sitk.Image, start_xyz: list[int], size_xyz: list[int]) -> sitk.Image:
     """An empty image on a box of the reference grid (same spacing and direction)."""
     box = sitk.Image([int(s) for s in size_xyz], sitk.sitkUInt8)
@@ -185,13 +172,15 @@ def segment(
     summary = summarise_confidence(
         confidence_model, keep, low=options.low_confidence, review_fraction=options.review_fraction
     )
-    if keep.any():
-        # Only the liver's box of the input grid is resampled: a 512x512x800 float map never exists.
-        start, size = _region_on_input(keep, prepared.image, image)
+    # Zero the probability outside the kept component (dilated by a voxel so its edge
+    # interpolates as before), so that dropped components stay dropped after resampling.
+    near = ndimage.binary_dilation(keep, iterations=1)
+    # Only the liver's box of the input grid is resampled: a 512x512x800 float map never exists.
+    # None also when the component lies wholly beyond the scan (padding of an oblique grid).
+    region = reference_region(near, prepared.image, image)
+    if region is not None:
+        start, size = region
         box = _grid_like(image, start, size)
-        # Zero the probability outside the kept component (dilated by a voxel so its edge
-        # interpolates as before), so that dropped components stay dropped after resampling.
-        near = ndimage.binary_dilation(keep, iterations=1)
         clean = np.where(near, liver_outputs[0], 0.0).astype(np.float32)
         restored = restore(np.stack([clean, confidence_model]), prepared, box, outside=[0.0, 1.0])
         region_mask = _largest_component_filled(restored[0] > 0.5)

@@ -29,7 +29,7 @@ class Server:
     def __init__(self, env: dict[str, str], log: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
         self.log = log
         self.process: subprocess.Popen | None = None
 
@@ -84,3 +84,6 @@ def server_factory(tiny_checkpoint_dir: Path, tmp_path: Path) -> Iterator:
     yield make
     for server in servers:
         server.stop(signal.SIGKILL)
+        # Shown by pytest only when the test failed: what the server said, e.g. a traceback.
+        if server.log.exists():
+            print(f"--- {server.log.name} (last 5000 characters) ---\n{server.log.read_text()[-5000:]}")  # noqa: T201

@@ -18,6 +18,7 @@ from model_zoo.preprocessing import (
     label_to_model_grid,
     normalise_hu,
     prepare,
+    reference_region,
     restore,
 )
 
@@ -204,6 +205,21 @@ def test_restore_box_shortcut_is_exact_and_tolerance_is_bounded(name: str) -> No
     noisy = np.where(liver > 0, liver, rng.uniform(0, 1e-4, liver.shape)).astype(np.float32)
     fast = restore(noisy[None], prepared, ct, tolerance=1e-3)[0]
     assert np.abs(fast - _resample_whole(noisy, prepared, ct)).max() <= 1e-3
+
+
+def test_reference_region_is_clipped_to_the_reference_and_none_beyond_it() -> None:
+    reference = sitk.Image([10, 10, 10], sitk.sitkUInt8)  # voxels 0..9 mm on every axis
+    model = sitk.Image([4, 4, 4], sitk.sitkUInt8)
+    model.SetSpacing((3.0, 3.0, 3.0))
+    model.SetOrigin((0.0, 0.0, 6.0))  # z planes at 6, 9, 12, 15 mm
+    active = np.zeros((4, 4, 4), bool)  # (z, y, x)
+    active[0, 1, 1] = True  # at (3, 3, 6) mm: seen from 0..6 mm in x and y, 3..9 mm in z
+    # plus a voxel of margin on each side, clipped to the reference
+    assert reference_region(active, model, reference) == ([0, 0, 2], [8, 8, 8])
+    active[:] = False
+    active[3, 1, 1] = True  # 15 mm: beyond the reference, whose last plane is 9 mm
+    assert reference_region(active, model, reference) is None
+    assert reference_region(np.zeros_like(active), model, reference) is None
 
 
 def test_restore_nearest_and_chosen_outside_values() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -13,7 +15,7 @@ from model_zoo.card import InputContract, ModelCard
 from model_zoo.registry import LoadedModel
 from service.errors import InvalidOption
 from service.pipeline import InferenceOptions, postprocess, segment
-from tests.conftest import ORIENTATIONS, dice, sphere_ct
+from tests.conftest import ORIENTATIONS, dice, rotation, sphere_ct
 
 
 class ThresholdNet(nn.Module):
@@ -82,6 +84,28 @@ def test_empty_ct_gives_an_empty_mask_and_asks_for_review() -> None:
     assert sitk.GetArrayViewFromImage(result.mask).sum() == 0
     assert result.liver_volume_ml == 0 and result.bbox_start_xyz is None
     assert result.confidence_summary.review_recommended
+
+
+class AirNet(nn.Module):
+    """Liver wherever a 21^3 neighbourhood is all air: on an all-body scan, only well beyond its faces."""
+
+    def forward(self, x: torch.Tensor, deep_supervision: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        logit = (0.05 - F.max_pool3d(x, 21, stride=1, padding=10)) * 40
+        main = torch.cat([-logit, logit], dim=1)
+        return [main, F.avg_pool3d(main, 2), F.avg_pool3d(main, 4)] if deep_supervision else main
+
+
+def test_liver_found_only_beyond_an_oblique_scan_gives_an_empty_mask() -> None:
+    # The model grid of a tilted scan is the axis-aligned box around it, so it reaches past the
+    # scan; a (wrong) network may put its largest component there, in a wedge beyond one face of
+    # the scan. That once asked SimpleITK for a box of negative size (a 500 for the request).
+    ct, _ = sphere_ct(rotation("x", 30), size_xyz=(40, 64, 20), radius_mm=0.1)
+    ct = sitk.Add(sitk.Multiply(ct, 0), 40)  # soft tissue everywhere: no air inside the scan
+    model = replace(threshold_model(), network=AirNet().eval())
+    result = segment(ct, model, InferenceOptions(skip_air_hu=None))
+    assert result.mask.GetSize() == ct.GetSize() and result.mask.GetDirection() == ct.GetDirection()
+    assert sitk.GetArrayViewFromImage(result.mask).sum() == 0
+    assert result.liver_volume_ml == 0 and result.bbox_start_xyz is None
 
 
 def test_postprocess_keeps_the_largest_component_and_fills_holes() -> None:
