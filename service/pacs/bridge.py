@@ -14,12 +14,14 @@ a series that still fails is reported with the reason and the run goes on to the
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import logging
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -71,6 +73,28 @@ class Outcome:
     liver_volume_ml: float | None = None
     seconds: float = 0.0
     permanent: bool = True  # False: a transient failure that a later --watch cycle retries
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[Outcome]:
+        """Time the work on one series and turn any failure into this outcome's reason.
+
+        The status stays "failed" unless the body set another; one series must not end a run or
+        stop a listener, so every exception is caught (unexpected ones logged with a traceback).
+        """
+        started = time.perf_counter()
+        try:
+            yield self
+        except ServiceRefused as error:
+            self.reason = f"the service refused it: {error}"
+        except PacsRefused as error:
+            self.reason = str(error)
+        except GaveUp as error:
+            self.reason, self.permanent = str(error), False
+        except Exception as error:
+            log.exception("series %s failed", self.series_uid)
+            self.reason = describe(error)
+        finally:
+            self.seconds = time.perf_counter() - started
 
 
 @dataclass
@@ -226,9 +250,8 @@ class Bridge:
 
     def process(self, ref: SeriesRef) -> Outcome:
         """Skip, or retrieve, segment and store the SEG of one series; every failure is an Outcome."""
-        started = time.perf_counter()
         outcome = Outcome(ref.study_uid, ref.series_uid, ref.description, "failed", instances=ref.instances or 0)
-        try:
+        with outcome.recording():
             existing = self.our_seg_for(ref.study_uid, ref.series_uid)
             if existing:
                 outcome.status, outcome.reason = "skipped", f"already has a liverseg SEG (series {existing})"
@@ -243,17 +266,6 @@ class Bridge:
             outcome.status, outcome.seg_series_uid = "segmented", str(seg.SeriesInstanceUID)
             outcome.liver_volume_ml = result.summary.get("liver_volume_ml")
             outcome.reason = "; ".join(result.warnings)
-        except ServiceRefused as error:
-            outcome.reason = f"the service refused it: {error}"
-        except PacsRefused as error:
-            outcome.reason = str(error)
-        except GaveUp as error:
-            outcome.reason, outcome.permanent = str(error), False
-        except Exception as error:  # one series must not end the run; the report says what it was
-            log.exception("series %s failed", ref.series_uid)
-            outcome.reason = describe(error)
-        finally:
-            outcome.seconds = time.perf_counter() - started
         return outcome
 
     def _retrieve(self, ref: SeriesRef, folder: Path) -> list[Path]:

@@ -27,8 +27,8 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import SegmentationStorage, Verification
 
 from service.pacs.bridge import Outcome, PacsRefused
-from service.pacs.jobs_client import JobsClient, ServiceRefused
-from service.pacs.retry import GaveUp, RetryPolicy, TransientError, describe
+from service.pacs.jobs_client import JobsClient
+from service.pacs.retry import RetryPolicy, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -184,29 +184,19 @@ class Listener:
 
     def process(self, series: _Incoming) -> Outcome:
         """Segment one complete series and C-STORE its SEG; every failure becomes an Outcome."""
-        started = time.perf_counter()
         outcome = Outcome(series.study_uid, series.series_uid, series.description, "failed", instances=len(series.files))
         try:
-            if series.modality != "CT":
-                outcome.status, outcome.reason = "skipped", f"modality {series.modality or 'unknown'}, not CT"
-                return outcome
-            result = self.service.segment_series(series.files)
-            seg = pydicom.dcmread(io.BytesIO(result.seg))
-            self.send(result.seg)
-            outcome.status, outcome.seg_series_uid = "segmented", str(seg.SeriesInstanceUID)
-            outcome.liver_volume_ml = result.summary.get("liver_volume_ml")
-            outcome.reason = "; ".join(result.warnings)
-        except ServiceRefused as error:
-            outcome.reason = f"the service refused it: {error}"
-        except PacsRefused as error:
-            outcome.reason = str(error)
-        except GaveUp as error:
-            outcome.reason = str(error)
-        except Exception as error:  # one series must not stop the listener
-            log.exception("series %s failed", series.series_uid)
-            outcome.reason = describe(error)
+            with outcome.recording():
+                if series.modality != "CT":
+                    outcome.status, outcome.reason = "skipped", f"modality {series.modality or 'unknown'}, not CT"
+                    return outcome
+                result = self.service.segment_series(series.files)
+                seg = pydicom.dcmread(io.BytesIO(result.seg))
+                self.send(result.seg)
+                outcome.status, outcome.seg_series_uid = "segmented", str(seg.SeriesInstanceUID)
+                outcome.liver_volume_ml = result.summary.get("liver_volume_ml")
+                outcome.reason = "; ".join(result.warnings)
         finally:
-            outcome.seconds = time.perf_counter() - started
             shutil.rmtree(series.folder, ignore_errors=True)
         return outcome
 

@@ -13,10 +13,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from service.pacs.bridge import Bridge
+from service.pacs.bridge import Bridge, Outcome, PacsRefused
 from service.pacs.cli import main
-from service.pacs.jobs_client import JobsClient
-from service.pacs.retry import RetryPolicy
+from service.pacs.jobs_client import JobsClient, ServiceRefused
+from service.pacs.retry import GaveUp, RetryPolicy
 from tests.conftest import dice
 from tests.pacs.conftest import Orthanc, phantom_series, seg_on_grid, service_mask
 
@@ -129,3 +129,29 @@ def test_real_sample_through_output_dicom_seg(service, real_sample) -> None:
     meta_uids = {str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID) for f in files}
     assert {uid for _, _, uid in seg.get_source_image_uids()} == meta_uids
     assert np.isin(seg.pixel_array, (0, 1)).all()
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "permanent"),
+    [
+        (ServiceRefused("invalid_volume", "gantry tilt"), "the service refused it: invalid_volume: gantry tilt", True),
+        (PacsRefused("the PACS refused the SEG"), "the PACS refused the SEG", True),
+        (GaveUp("WADO-RS retrieval failed 5 times"), "WADO-RS retrieval failed 5 times", False),
+        (KeyError("SeriesInstanceUID"), "KeyError: 'SeriesInstanceUID'", True),
+    ],
+)
+def test_a_failure_on_one_series_becomes_its_outcome(error, reason, permanent) -> None:
+    outcome = Outcome("1.2", "1.2.3", "CT abdomen", "failed")
+    with outcome.recording():
+        outcome.instances = 7
+        time.sleep(0.01)
+        raise error
+    assert (outcome.status, outcome.reason, outcome.permanent) == ("failed", reason, permanent)
+    assert outcome.instances == 7 and outcome.seconds >= 0.01
+
+
+def test_a_series_that_succeeds_keeps_its_status() -> None:
+    outcome = Outcome("1.2", "1.2.3", "CT abdomen", "failed")
+    with outcome.recording():
+        outcome.status = "segmented"
+    assert (outcome.status, outcome.reason, outcome.permanent) == ("segmented", "", True)
