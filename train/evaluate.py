@@ -7,6 +7,7 @@ grid), then Dice, HD95, ASSD, VOE, RVD against the reference on the input grid
 
     python -m train.evaluate --model unet3d_ds.phantom_3mm --synthetic 4
     python -m train.evaluate --model NAME --data /data/Task03_Liver --format msd --cases 10
+    python -m train.evaluate --model NAME --synthetic 10 --grid-ceiling   # what the grid allows
 
 prints a table, and writes `metrics.csv` and `montage.png` (a few axial slices per case, CT with
 the reference outline in green and the prediction's in red; yellow where they agree) to --out.
@@ -65,6 +66,29 @@ def predict_case(
     )
     result = segment(image, model, options)
     return result.mask, result.confidence, result.confidence_summary.fraction_below_threshold
+
+
+def reference_through_grid(image: sitk.Image, reference: sitk.Image, model: LoadedModel) -> sitk.Image:
+    """The reference mask sent through the model's grid and back, as the service sends a prediction.
+
+    The reference is resampled (linearly, as a probability) onto the grid `prepare` builds for
+    `image`, post-processed and restored exactly as `service.pipeline.segment` treats the network's
+    output. Its Dice against the reference is the ceiling for any model on that grid: what the
+    spacing alone costs.
+    """
+    from model_zoo.preprocessing import prepare, restore
+    from service.pipeline import postprocess
+
+    prepared = prepare(image, model.card.input)
+    truth = sitk.Cast(reference > 0, sitk.sitkFloat32)
+    on_grid = sitk.GetArrayFromImage(
+        sitk.Resample(truth, prepared.image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    )
+    keep = postprocess(on_grid)
+    back = restore(np.where(keep, on_grid, 0.0)[None].astype(np.float32), prepared, image)[0]
+    mask = sitk.GetImageFromArray(postprocess(back).astype(np.uint8))
+    mask.CopyInformation(image)
+    return mask
 
 
 def confidence_auroc(confidence: np.ndarray, prediction: np.ndarray, reference: np.ndarray) -> float | None:
@@ -249,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: runs/eval/MODEL)")
     parser.add_argument("--record", metavar="PREFIX", default=None,
                         help="write the mean metrics into the model's card as PREFIX_dice, ...")
+    parser.add_argument("--grid-ceiling", action="store_true",
+                        help="score the reference itself sent through the model's grid and back "
+                             "(no network): the best any model on that grid can reach")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -262,8 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for index, case in enumerate(sources):
         image, reference = load_case(case)
-        result = evaluate_case(image, reference, model=model, device=device, name=case.name,
-                               confidence=args.confidence, tiles=3 if index < args.montage_cases else 0)
+        tiles = 3 if index < args.montage_cases else 0
+        if args.grid_ceiling:
+            ceiling = reference_through_grid(image, reference, model)
+            result = evaluate_case(image, reference, prediction=ceiling, name=case.name, tiles=tiles)
+        else:
+            result = evaluate_case(image, reference, model=model, device=device, name=case.name,
+                                   confidence=args.confidence, tiles=tiles)
         log.info("%s: Dice %.4f, HD95 %.2f mm, %.1f s", case.name, result.metrics.dice,
                  result.metrics.hd95_mm, result.seconds)
         result.prediction = None  # type: ignore[assignment]  # keep memory flat over many cases
