@@ -151,6 +151,16 @@ class JobStore:
             ).fetchone()
         return None if row is None else int(row[0])
 
+    def recent_run_seconds(self, limit: int = 10) -> list[float]:
+        """How long the last `limit` finished jobs ran, newest first (any worker, any process)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT finished_at - started_at FROM jobs WHERE state = 'done' AND started_at IS NOT NULL "
+                "ORDER BY finished_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [float(row[0]) for row in rows]
+
     def counts(self) -> dict[str, int]:
         """Number of jobs in each state."""
         with self._lock:

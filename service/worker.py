@@ -65,7 +65,6 @@ class InferenceWorker:
         self._models: dict[str, LoadedModel] = {}
         self._thread = threading.Thread(target=self._serve, name=f"liverseg-worker-{self.device}")
         self._stopping = False
-        self.busy = False
         self.ready = False
         self.recent_seconds: list[float] = []  # durations of the last runs, for time estimates
 
@@ -100,13 +99,6 @@ class InferenceWorker:
         """Tasks waiting, not counting the one running."""
         return self._queue.qsize()
 
-    def expected_wait_s(self, position: int) -> float | None:
-        """Rough seconds until a task at `position` in the queue starts, from recent run times."""
-        if not self.recent_seconds:
-            return None
-        mean = sum(self.recent_seconds) / len(self.recent_seconds)
-        return mean * (position + (1 if self.busy else 0))
-
     def submit(self, task: SegmentTask) -> Future[WorkerResult]:
         """Queue a task; raises Busy when the queue is full or the worker is stopping."""
         if self._stopping:
@@ -133,14 +125,12 @@ class InferenceWorker:
             future, task, queued_at = item
             if not future.set_running_or_notify_cancel():
                 continue  # the client gave up while it waited
-            self.busy = True
             started = time.perf_counter()
             try:
                 future.set_result(self._run(task, started - queued_at))
             except BaseException as error:  # noqa: BLE001  the worker must outlive any one task
                 future.set_exception(error)
             finally:
-                self.busy = False
                 self.recent_seconds = [*self.recent_seconds[-9:], time.perf_counter() - started]
 
     def _run(self, task: SegmentTask, queued_s: float) -> WorkerResult:

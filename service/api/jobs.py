@@ -24,13 +24,27 @@ from service.worker import InferenceWorker
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
 
+def estimated_seconds_left(
+    record: JobRecord, position: int | None, recent_run_s: list[float], running: int
+) -> float | None:
+    """Rough seconds until a job finishes: the mean recent run time, times the rounds of queued jobs
+    ahead of it over the `running` workers (at least one), the round in progress and its own run.
+    None for a finished job, or before any run to learn from."""
+    if record.state not in ("queued", "running") or not recent_run_s:
+        return None
+    mean = sum(recent_run_s) / len(recent_run_s)
+    if record.state == "running":
+        return max(0.0, (1 - record.progress) * mean)
+    return mean * ((position or 0) // max(running, 1) + (1 if running else 0) + 1)
+
+
 def _job(record: JobRecord, store: JobStore, worker: InferenceWorker) -> Job:
     position = store.position(record.id) if record.state == "queued" else None
-    eta = None
-    if position is not None:
-        eta = worker.expected_wait_s(position + 1)
-    elif record.state == "running" and worker.recent_seconds:
-        eta = max(0.0, (1 - record.progress) * sum(worker.recent_seconds) / len(worker.recent_seconds))
+    # This process's worker knows its own runs; in queue mode it runs none, and the store, which
+    # every queue worker writes, does.
+    recent = worker.recent_seconds or store.recent_run_seconds()
+    running = store.counts()["running"] if record.state == "queued" else 0
+    eta = estimated_seconds_left(record, position, recent, running)
     base = f"/jobs/{record.id}"
     links = {"self": base}
     if record.state == "done":
