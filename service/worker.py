@@ -99,6 +99,11 @@ class InferenceWorker:
         """Tasks waiting, not counting the one running."""
         return self._queue.qsize()
 
+    @property
+    def mean_run_s(self) -> float | None:
+        """Mean duration of the last runs; None before the first."""
+        return sum(self.recent_seconds) / len(self.recent_seconds) if self.recent_seconds else None
+
     def submit(self, task: SegmentTask) -> Future[WorkerResult]:
         """Queue a task; raises Busy when the queue is full or the worker is stopping."""
         if self._stopping:
@@ -109,7 +114,8 @@ class InferenceWorker:
         except queue.Full:
             raise Busy(
                 f"The inference queue is full ({self._queue.maxsize} waiting); try again shortly.",
-                retry_after_s=max(1, round(self.expected_wait_s(1) or 5)),
+                # A slot frees when the running task ends: about one run from now.
+                retry_after_s=max(1, round(self.mean_run_s or 5)),
             ) from None
         return future
 
