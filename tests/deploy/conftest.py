@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -14,8 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, REPO, TINY, save_tiny_checkpoint
-from tests.e2e.conftest import free_port, server_factory  # noqa: F401  (the e2e fixture, reused here)
+from tests.conftest import IN_CI, REPO, save_tiny_checkpoint
+from tests.e2e.conftest import (  # noqa: F401  (server_factory: the e2e fixture, reused here)
+    free_port,
+    process_env,
+    server_factory,
+    show_log,
+    stop_process,
+    tiny_service_env,
+)
 
 
 def require(tool: str, where: str) -> str:
@@ -73,7 +79,7 @@ class QueueWorker:
     """`python -m service.queue_worker` in its own process, as a compose worker replica runs it."""
 
     def __init__(self, env: dict[str, str], log: Path):
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.env = process_env(env)
         self.log = log
         self.process: subprocess.Popen | None = None
 
@@ -102,13 +108,7 @@ class QueueWorker:
         raise RuntimeError(f"queue worker not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig)
 
 
 @pytest.fixture
@@ -117,15 +117,9 @@ def worker_factory(tiny_checkpoint_dir: Path, tmp_path: Path, redis_url: str) ->
     workers: list[QueueWorker] = []
 
     def make(**settings: str) -> QueueWorker:
-        env = {
-            "LIVERSEG_MODEL": TINY,
-            "LIVERSEG_MODEL_DIR": str(tiny_checkpoint_dir),
-            "LIVERSEG_DATA_DIR": str(tmp_path / "var"),
-            "LIVERSEG_DEVICE": "cpu",
-            "LIVERSEG_LOG_LEVEL": "info",  # the "ready" line
-            "LIVERSEG_QUEUE_URL": redis_url,
-            "OMP_NUM_THREADS": "1",  # two workers and an API on two shared cores
-        } | {f"LIVERSEG_{k.upper()}": str(v) for k, v in settings.items()}
+        # log level info: the worker's "ready" line
+        env = tiny_service_env(tiny_checkpoint_dir, tmp_path / "var", "info", queue_url=redis_url, **settings)
+        env["OMP_NUM_THREADS"] = "1"  # two workers and an API on two shared cores
         worker = QueueWorker(env, tmp_path / f"worker-{len(workers)}.log")
         workers.append(worker)
         return worker
@@ -133,3 +127,4 @@ def worker_factory(tiny_checkpoint_dir: Path, tmp_path: Path, redis_url: str) ->
     yield make
     for worker in workers:
         worker.kill()
+        show_log(worker.log)

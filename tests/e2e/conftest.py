@@ -14,7 +14,44 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY
+
+
+def tiny_service_env(
+    model_dir: Path, data_dir: Path, log_level: str = "warning", /, **settings: object
+) -> dict[str, str]:
+    """LIVERSEG_* for a process under test: the tiny model from `model_dir` on the CPU, its data in
+    `data_dir`, and LIVERSEG_<KEY> for each further setting (model and model_dir among them override)."""
+    return {
+        "LIVERSEG_MODEL": TINY,
+        "LIVERSEG_MODEL_DIR": str(model_dir),
+        "LIVERSEG_DATA_DIR": str(data_dir),
+        "LIVERSEG_DEVICE": "cpu",
+        "LIVERSEG_LOG_LEVEL": log_level,
+    } | {f"LIVERSEG_{k.upper()}": str(v) for k, v in settings.items()}
+
+
+def process_env(env: dict[str, str]) -> dict[str, str]:
+    """This environment plus `env`, unbuffered and with faulthandler on, so a crash leaves its
+    traceback in the log."""
+    return {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+
+
+def stop_process(process: subprocess.Popen | None, sig: int, timeout: float = 60) -> None:
+    """Send `sig` and wait; SIGKILL if it is still running after `timeout` seconds."""
+    if process and process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def show_log(log: Path) -> None:
+    """Print a process's log tail; pytest shows it only when the test failed."""
+    if log.exists():
+        print(f"--- {log.name} (last 5000 characters) ---\n{log.read_text()[-5000:]}")  # noqa: T201
 
 
 def free_port() -> int:
@@ -29,7 +66,7 @@ class Server:
     def __init__(self, env: dict[str, str], log: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+        self.env = process_env(env)
         self.log = log
         self.process: subprocess.Popen | None = None
 
@@ -52,13 +89,7 @@ class Server:
         raise RuntimeError(f"server not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig, timeout)
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=120, **kwargs)
@@ -70,13 +101,7 @@ def server_factory(tiny_checkpoint_dir: Path, tmp_path: Path) -> Iterator:
     servers: list[Server] = []
 
     def make(**settings: str) -> Server:
-        env = {
-            "LIVERSEG_MODEL": "unet3d_ds.tiny",
-            "LIVERSEG_MODEL_DIR": str(tiny_checkpoint_dir),
-            "LIVERSEG_DATA_DIR": str(tmp_path / "var"),
-            "LIVERSEG_DEVICE": "cpu",
-            "LIVERSEG_LOG_LEVEL": "warning",
-        } | {f"LIVERSEG_{k.upper()}": str(v) for k, v in settings.items()}
+        env = tiny_service_env(tiny_checkpoint_dir, tmp_path / "var", **settings)
         server = Server(env, tmp_path / f"server-{len(servers)}.log")
         servers.append(server)
         return server
@@ -84,6 +109,4 @@ def server_factory(tiny_checkpoint_dir: Path, tmp_path: Path) -> Iterator:
     yield make
     for server in servers:
         server.stop(signal.SIGKILL)
-        # Shown by pytest only when the test failed: what the server said, e.g. a traceback.
-        if server.log.exists():
-            print(f"--- {server.log.name} (last 5000 characters) ---\n{server.log.read_text()[-5000:]}")  # noqa: T201
+        show_log(server.log)

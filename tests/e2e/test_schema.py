@@ -18,7 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, tiny_service_env
 
 EXAMPLES_PER_OPERATION = 30  # enough to reach every documented error path; the run stays near a minute
 
@@ -34,13 +34,7 @@ CHECKS = [
 @pytest.fixture(scope="module")
 def running(tiny_checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("schema")
-    server = Server({
-        "LIVERSEG_MODEL": "unet3d_ds.tiny",
-        "LIVERSEG_MODEL_DIR": str(tiny_checkpoint_dir),
-        "LIVERSEG_DATA_DIR": str(folder / "var"),
-        "LIVERSEG_DEVICE": "cpu",
-        "LIVERSEG_LOG_LEVEL": "warning",
-    }, folder / "server.log").start()
+    server = Server(tiny_service_env(tiny_checkpoint_dir, folder / "var"), folder / "server.log").start()
     yield server
     server.stop(signal.SIGKILL)
 

@@ -29,7 +29,7 @@ from model_zoo.card import InputContract, ModelCard
 from model_zoo.preprocessing import prepare
 from model_zoo.registry import save_checkpoint
 from tests.conftest import IN_CI, TINY
-from tests.e2e.conftest import Server, free_port
+from tests.e2e.conftest import Server, free_port, tiny_service_env
 from train.phantoms import make_phantom, write_dicom_series
 
 ORTHANC_BINARIES = ("Orthanc", "/usr/sbin/Orthanc")
@@ -154,14 +154,7 @@ def partial_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def service(partial_checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`python -m service` on loopback with the tiny checkpoint, shared by the PACS tests."""
     folder = tmp_path_factory.mktemp("service")
-    env = {
-        "LIVERSEG_MODEL": TINY,
-        "LIVERSEG_MODEL_DIR": str(partial_checkpoint_dir),
-        "LIVERSEG_DATA_DIR": str(folder / "var"),
-        "LIVERSEG_DEVICE": "cpu",
-        "LIVERSEG_LOG_LEVEL": "warning",
-    }
-    server = Server(env, folder / "server.log").start()
+    server = Server(tiny_service_env(partial_checkpoint_dir, folder / "var"), folder / "server.log").start()
     yield server
     server.stop()
 
