@@ -40,11 +40,13 @@ def estimated_seconds_left(
 
 def _job(record: JobRecord, store: JobStore, worker: InferenceWorker) -> Job:
     position = store.position(record.id) if record.state == "queued" else None
-    # This process's worker knows its own runs; in queue mode it runs none, and the store, which
-    # every queue worker writes, does.
-    recent = worker.recent_seconds or store.recent_run_seconds()
-    running = store.counts()["running"] if record.state == "queued" else 0
-    eta = estimated_seconds_left(record, position, recent, running)
+    eta = None
+    if record.state in ("queued", "running"):  # a finished job costs no queries for an estimate
+        # This process's worker knows its own runs; in queue mode it runs none, and the store,
+        # which every queue worker writes, does.
+        recent = worker.recent_seconds or store.recent_run_seconds()
+        running = store.counts()["running"] if record.state == "queued" else 0
+        eta = estimated_seconds_left(record, position, recent, running)
     base = f"/jobs/{record.id}"
     links = {"self": base}
     if record.state == "done":
