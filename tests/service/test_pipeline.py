@@ -25,8 +25,11 @@ class ThresholdNet(nn.Module):
     Its heads are the main logits average-pooled by 2 and 4, as lower-resolution heads are.
     """
 
+    def liver_logit(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.5) * 40
+
     def forward(self, x: torch.Tensor, deep_supervision: bool = False) -> torch.Tensor | list[torch.Tensor]:
-        logit = (x - 0.5) * 40
+        logit = self.liver_logit(x)
         main = torch.cat([-logit, logit], dim=1)
         return [main, F.avg_pool3d(main, 2), F.avg_pool3d(main, 4)] if deep_supervision else main
 
@@ -86,13 +89,11 @@ def test_empty_ct_gives_an_empty_mask_and_asks_for_review() -> None:
     assert result.confidence_summary.review_recommended
 
 
-class AirNet(nn.Module):
+class AirNet(ThresholdNet):
     """Liver wherever a 21^3 neighbourhood is all air: on an all-body scan, only well beyond its faces."""
 
-    def forward(self, x: torch.Tensor, deep_supervision: bool = False) -> torch.Tensor | list[torch.Tensor]:
-        logit = (0.05 - F.max_pool3d(x, 21, stride=1, padding=10)) * 40
-        main = torch.cat([-logit, logit], dim=1)
-        return [main, F.avg_pool3d(main, 2), F.avg_pool3d(main, 4)] if deep_supervision else main
+    def liver_logit(self, x: torch.Tensor) -> torch.Tensor:
+        return (0.05 - F.max_pool3d(x, 21, stride=1, padding=10)) * 40
 
 
 def test_liver_found_only_beyond_an_oblique_scan_gives_an_empty_mask() -> None:
