@@ -438,7 +438,7 @@ def _read_slices(paths: list[str], as_float: bool, ordered: list[_Slice]) -> sit
             "single values: the file is damaged."
         )
     pixel_id = sitk.sitkFloat32 if as_float else first.GetPixelID()
-    dtype = sitk.GetArrayViewFromImage(sitk.Image([1, 1], pixel_id)).dtype
+    dtype = sitk.GetArrayFromImage(sitk.Image([1, 1], pixel_id)).dtype  # a copy: a view would outlive its image
     volume = np.empty((len(paths), size[1], size[0]), dtype=dtype)
 
     def load(k: int) -> None:
