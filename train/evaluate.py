@@ -85,7 +85,9 @@ def reference_through_grid(image: sitk.Image, reference: sitk.Image, model: Load
         sitk.Resample(truth, prepared.image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     )
     keep = postprocess(on_grid)
-    back = restore(np.where(keep, on_grid, 0.0)[None].astype(np.float32), prepared, image)[0]
+    # As segment does: zero outside the kept component dilated by a voxel, so its edge interpolates.
+    near = ndimage.binary_dilation(keep, iterations=1)
+    back = restore(np.where(near, on_grid, 0.0)[None].astype(np.float32), prepared, image)[0]
     mask = sitk.GetImageFromArray(postprocess(back).astype(np.uint8))
     mask.CopyInformation(image)
     return mask
