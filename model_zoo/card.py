@@ -46,6 +46,11 @@ class InputContract(_Frozen):
     std: PositiveFloat | None = Field(None, description="zscore only: HU std after clipping")
     patch_size_dhw: tuple[PositiveInt, PositiveInt, PositiveInt]
     crop_to_body: bool = False
+    antialias: bool = Field(
+        False,
+        description="Average whole blocks of input voxels (area, as a partial-volume fraction) before "
+        "resampling to a coarser model grid; training labels become liver fractions the same way.",
+    )
     body_threshold_hu: FiniteFloat = -500.0
     body_margin_mm: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10.0
 

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patch size D,H,W in voxels or one value (default 64)")
     p.add_argument("--hu-window", type=_pair, default=d.hu_window, help="HU window lo,hi (default -200,300)")
     p.add_argument("--crop-to-body", action="store_true", help="contract crops the body's bounding box")
+    p.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=d.antialias,
+                   help="block-average the CT onto the model grid and train on liver fractions "
+                        "(default on; --no-antialias: linear point sampling and 0/1 labels)")
+    p.add_argument("--init-from", metavar="NAME", default=None,
+                   help="fine-tune: start from the weights of checkpoint NAME (in --out's folder)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch)
     p.add_argument("--batch", dest="batch_size", type=int, default=d.batch_size)

@@ -1,8 +1,8 @@
 """Data augmentation on a batch of patches, in torch (cheap enough for a 2-core CPU).
 
 Spatial transforms (flips; one resampling for rotation, scaling and an elastic field together)
-move image and label identically: the image is resampled trilinearly, the label by nearest
-neighbour, so it stays a label map. Intensity transforms (shift and scale, Gaussian noise, gamma,
+move image and label identically: the image is resampled trilinearly, an integer label by
+nearest neighbour, so it stays a label map, and a float label (liver fractions) trilinearly. Intensity transforms (shift and scale, Gaussian noise, gamma,
 blur) touch the image only. Each transform is drawn per sample with its own probability from a
 `torch.Generator`, so a seed fixes the whole stream. The defaults are milder versions of nnU-Net's
 (rotation +-15 degrees instead of +-30, scaling 0.85-1.15, probabilities around 0.1-0.2) because
@@ -155,10 +155,13 @@ class Augmenter:
         image[idx] = F.grid_sample(
             image[idx], grid, mode="bilinear", padding_mode="border", align_corners=False
         )
+        soft = label.is_floating_point()
         warped = F.grid_sample(
-            label[idx].to(grid.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False
+            label[idx].to(grid.dtype), grid, mode="bilinear" if soft else "nearest",
+            padding_mode="zeros", align_corners=False,
         )
-        label[idx] = warped.round().to(label.dtype)
+        # trilinear weights can sum to 1 + 1e-7: keep fractions fractions
+        label[idx] = (warped.clamp(0.0, 1.0) if soft else warped.round()).to(label.dtype)
         return image, label
 
     def intensity(self, image: Tensor, generator: torch.Generator) -> Tensor:

@@ -61,7 +61,8 @@ class CaseSource:
 
 @dataclass(frozen=True)
 class PreparedCase:
-    """A case on the model grid: image float32 (D, H, W) normalised, label uint8 (D, H, W) 0/1.
+    """A case on the model grid: image float32 (D, H, W) normalised, label (D, H, W): uint8 0/1,
+    or float32 liver fractions in [0, 1] under an antialiasing contract.
 
     foreground: (K, 3) int64 (d, h, w) indices of liver voxels (a random subset of at most
     20,000), for oversampling.
@@ -226,8 +227,8 @@ def prepare_case(source: CaseSource, contract: InputContract, rng: np.random.Gen
     """Load a case and bring image and label onto the contract's model grid."""
     image, liver = load_case(source)
     prepared = prepare(image, contract)
-    label = label_to_model_grid(liver, prepared)
-    foreground = np.argwhere(label > 0)
+    label = label_to_model_grid(liver, prepared)  # uint8 0/1, or float32 liver fractions
+    foreground = np.argwhere(label > 0.5)
     if len(foreground) > _MAX_FOREGROUND_COORDS:
         foreground = foreground[rng.choice(len(foreground), _MAX_FOREGROUND_COORDS, replace=False)]
     if len(foreground) == 0:
@@ -235,7 +236,7 @@ def prepare_case(source: CaseSource, contract: InputContract, rng: np.random.Gen
     return PreparedCase(
         name=source.name,
         image=np.ascontiguousarray(prepared.array, dtype=np.float32),
-        label=np.ascontiguousarray(label, dtype=np.uint8),
+        label=np.ascontiguousarray(label),
         foreground=foreground.astype(np.int64),
     )
 
@@ -295,7 +296,8 @@ class PatchSampler:
         return out
 
     def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch: image (B, 1, D, H, W) float32, label (B, 1, D, H, W) int64, on the CPU."""
+        """One batch: image (B, 1, D, H, W) float32, label (B, 1, D, H, W) on the CPU: int64 class
+        indices, or float32 liver fractions when the cases carry fractions (antialiasing contract)."""
         images, labels = [], []
         for index in range(self.batch_size):
             case = self.cases[int(torch.randint(len(self.cases), (1,), generator=generator))]
@@ -303,5 +305,6 @@ class PatchSampler:
             images.append(self._crop(case.image, starts, self.pad_value))
             labels.append(self._crop(case.label, starts, 0))
         image = torch.from_numpy(np.stack(images))[:, None]
-        label = torch.from_numpy(np.stack(labels).astype(np.int64))[:, None]
+        stacked = np.stack(labels)
+        label = torch.from_numpy(stacked if stacked.dtype.kind == "f" else stacked.astype(np.int64))[:, None]
         return image, label

@@ -71,19 +71,23 @@ def predict_case(
 def reference_through_grid(image: sitk.Image, reference: sitk.Image, model: LoadedModel) -> sitk.Image:
     """The reference mask sent through the model's grid and back, as the service sends a prediction.
 
-    The reference is resampled (linearly, as a probability) onto the grid `prepare` builds for
-    `image`, post-processed and restored exactly as `service.pipeline.segment` treats the network's
-    output. Its Dice against the reference is the ceiling for any model on that grid: what the
-    spacing alone costs.
+    The reference is brought onto the grid `prepare` builds for `image` as a probability (its
+    liver fractions under an antialiasing contract, the very target such a model trains on;
+    otherwise sampled linearly), then post-processed and restored exactly as
+    `service.pipeline.segment` treats the network's output. Its Dice against the reference is the
+    ceiling for any model on that grid: what the spacing alone costs.
     """
-    from model_zoo.preprocessing import prepare, restore
+    from model_zoo.preprocessing import label_to_model_grid, prepare, restore
     from service.pipeline import postprocess
 
     prepared = prepare(image, model.card.input)
-    truth = sitk.Cast(reference > 0, sitk.sitkFloat32)
-    on_grid = sitk.GetArrayFromImage(
-        sitk.Resample(truth, prepared.image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    )
+    if model.card.input.antialias:
+        on_grid = label_to_model_grid(reference, prepared)
+    else:
+        truth = sitk.Cast(reference > 0, sitk.sitkFloat32)
+        on_grid = sitk.GetArrayFromImage(
+            sitk.Resample(truth, prepared.image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        )
     keep = postprocess(on_grid)
     # As segment does: zero outside the kept component dilated by a voxel, so its edge interpolates.
     near = ndimage.binary_dilation(keep, iterations=1)

@@ -88,6 +88,7 @@ class TrainConfig:
     hu_window: tuple[float, float] = (-200.0, 300.0)
     orientation: str = "LPS"
     crop_to_body: bool = False
+    antialias: bool = True  # block-average the CT onto the grid; labels become liver fractions
     # optimisation
     epochs: int = 50
     iters_per_epoch: int = 50
@@ -111,6 +112,7 @@ class TrainConfig:
     work_dir: str = "runs"
     command: str = ""
     final_evaluation: bool = True
+    init_from: str | None = None  # start from this checkpoint's weights (a name in out_dir)
 
     @property
     def name(self) -> str:
@@ -126,6 +128,7 @@ class TrainConfig:
             normalisation="window01",
             patch_size_dhw=self.patch_size_dhw,
             crop_to_body=self.crop_to_body,
+            antialias=self.antialias,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -231,6 +234,8 @@ class Trainer:
         self.contract = config.contract()
         torch.manual_seed(config.seed)  # the initial weights
         self.network = create_network(config.arch, **config.arch_kwargs).to(self.device)
+        if config.init_from:
+            self._initialise_from(config.init_from)
         self.optimizer = _optimizer(config, self.network)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.loss = DeepSupervisionLoss(config.ds_weights)
@@ -243,6 +248,17 @@ class Trainer:
         self.train_sources, self.val_sources, self.data_description = select_cases(config)
         self.train_cases: list[PreparedCase] = []
         self.val_cases: list[PreparedCase] = []
+
+    def _initialise_from(self, name: str) -> None:
+        """Fine-tuning: start from a checkpoint's weights (same architecture and widths)."""
+        from model_zoo.registry import load_model
+
+        source = load_model(name, self.config.out_dir)
+        if (source.card.arch, source.card.arch_kwargs) != (self.config.arch, self.config.arch_kwargs):
+            raise ValueError(f"--init-from {name}: it is a {source.card.arch} {source.card.arch_kwargs}, "
+                             f"this run trains a {self.config.arch} {self.config.arch_kwargs}")
+        self.network.load_state_dict(source.network.state_dict(), strict=True)
+        log.info("initialised %s from the weights of %s", self.config.name, name)
 
     # -- data ------------------------------------------------------------------------------
     def load_data(self) -> None:
@@ -310,7 +326,7 @@ class Trainer:
                 autocast=self.amp,
             )
             prediction = result.main[0].argmax(0).cpu().numpy() == 1
-            reference = case.label > 0
+            reference = case.label > 0.5  # a 0/1 mask or liver fractions
             size = prediction.sum() + reference.sum()
             scores.append(1.0 if size == 0 else 2.0 * float((prediction & reference).sum()) / size)
         self.network.train()
@@ -347,9 +363,12 @@ class Trainer:
         """Restore a training checkpoint written by `save_state`; checks it is the same network."""
         meta = json.loads((directory / "state.json").read_text())
         saved = meta["config"]
-        for key in ("arch", "arch_kwargs", "spacing_xyz_mm", "patch_size_dhw", "hu_window", "optimizer"):
-            if saved[key] != self.config.to_json()[key]:
-                raise ValueError(f"cannot resume {directory}: it was trained with {key}={saved[key]!r}, "
+        defaults = {"antialias": False}  # runs from before the option trained without it
+        for key in ("arch", "arch_kwargs", "spacing_xyz_mm", "patch_size_dhw", "hu_window", "optimizer",
+                    "antialias"):
+            was = saved.get(key, defaults.get(key))
+            if was != self.config.to_json()[key]:
+                raise ValueError(f"cannot resume {directory}: it was trained with {key}={was!r}, "
                                  f"this run has {self.config.to_json()[key]!r}")
         tensors = load_file(directory / "state.safetensors")
         model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}

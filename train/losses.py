@@ -7,12 +7,15 @@ that a perfect prediction scores 0):
 
 where Dice_c = (2 sum(p_c g_c) + s) / (sum p_c + sum g_c + s), the sums run over the whole batch
 and every voxel (batch Dice), s = 1e-5, and c runs over the foreground classes (background left
-out, as nnU-Net's `do_bg=False`).
+out, as nnU-Net's `do_bg=False`). The target is integer labels, or, for a two-class network, a
+float liver fraction per voxel (g_1 = y, g_0 = 1 - y: soft Dice and cross-entropy with
+probability targets), which an antialiasing contract trains with; CE then bottoms out at the
+targets' entropy instead of 0.
 
 Deep supervision (Dou et al. 2016; Lee et al. 2015; nnU-Net): the network returns
 [main, head1, head2, ...]; each head is compared with the target brought to the head's grid
-(nearest-neighbour, which at an integer stride picks every stride-th voxel as nnU-Net's
-`DownsampleSegForDSTransform2` with order 0), and
+(integer labels by nearest neighbour, which at an integer stride picks every stride-th voxel as
+nnU-Net's `DownsampleSegForDSTransform2` with order 0; fractions by block averaging), and
 
     L_DS = w_0 L(main) + a_t * sum_{i>=1} w_i L(head_i)
 
@@ -111,20 +114,33 @@ def aux_weight_factor(epoch: int, epochs: int, decay: str | float = "none") -> f
 
 
 def downsample_label(label: Tensor, size: Sequence[int]) -> Tensor:
-    """Integer labels (N, D, H, W) brought to spatial `size` by nearest neighbour (same dtype)."""
+    """Labels (N, D, H, W) brought to spatial `size` (same dtype): integers by nearest neighbour,
+    fractions by averaging (the fraction of each coarse voxel)."""
     if tuple(label.shape[-3:]) == tuple(size):
         return label
+    if label.is_floating_point():
+        return F.interpolate(label[:, None], size=tuple(size), mode="area")[:, 0]
     # interpolate wants floats with a channel axis; labels are small integers, exact in float32.
     resized = F.interpolate(label[:, None].float(), size=tuple(size), mode="nearest")
     return resized[:, 0].to(label.dtype)
 
 
+def target_probabilities(target: Tensor, n_classes: int) -> Tensor:
+    """(N, C, D, H, W) per-class target: one-hot of integer labels, or (1 - y, y) of fractions y."""
+    if target.is_floating_point():
+        if n_classes != 2:
+            raise ValueError(f"fractional targets need a two-class network, this one has {n_classes}")
+        return torch.stack([1.0 - target, target], dim=1)
+    return F.one_hot(target.long(), n_classes).movedim(-1, 1)
+
+
 def soft_dice(
     probabilities: Tensor, target: Tensor, *, smooth: float = 1e-5, include_background: bool = False
 ) -> Tensor:
-    """Mean batch soft Dice over classes: probabilities (N, C, D, H, W), integer target (N, D, H, W)."""
+    """Mean batch soft Dice over classes: probabilities (N, C, D, H, W), target (N, D, H, W) as
+    integer labels or liver fractions (`target_probabilities`)."""
     n_classes = probabilities.shape[1]
-    onehot = F.one_hot(target.long(), n_classes).movedim(-1, 1).to(probabilities.dtype)
+    onehot = target_probabilities(target, n_classes).to(probabilities.dtype)
     if not include_background and n_classes > 1:
         probabilities, onehot = probabilities[:, 1:], onehot[:, 1:]
     axes = (0, *range(2, probabilities.ndim))  # batch Dice: sum over samples and voxels
@@ -135,7 +151,7 @@ def soft_dice(
 
 
 class DiceCELoss(nn.Module):
-    """CE + (1 - batch soft Dice) of logits (N, C, D, H, W) against integer labels (N, D, H, W)."""
+    """CE + (1 - batch soft Dice) of logits (N, C, D, H, W) against labels or fractions (N, D, H, W)."""
 
     def __init__(
         self,
@@ -153,8 +169,11 @@ class DiceCELoss(nn.Module):
         logits = logits.float()  # AMP: the loss in float32, as nnU-Net and MONAI do
         if target.ndim == logits.ndim:
             target = target[:, 0]
-        target = target.long()
-        ce = F.cross_entropy(logits, target)
+        if target.is_floating_point():
+            ce = F.cross_entropy(logits, target_probabilities(target, logits.shape[1]).to(logits.dtype))
+        else:
+            target = target.long()
+            ce = F.cross_entropy(logits, target)
         dice = soft_dice(
             logits.softmax(1), target, smooth=self.smooth, include_background=self.include_background
         )

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from model_zoo.card import InputContract
 from model_zoo.preprocessing import (
     PreparedVolume,
+    area_downsample,
     contract_direction,
     hu_to_input_units,
     input_units_to_hu,
@@ -273,6 +274,66 @@ def test_label_to_model_grid_matches_the_model_grid_sphere(name: str) -> None:
         <= RADIUS_MM
     )
     assert dice(on_grid == 1, truth) >= 0.93
+
+
+ANTIALIAS = CONTRACT.model_copy(update={"antialias": True})
+
+
+def test_area_downsample_averages_whole_blocks_and_keeps_the_last_partial_one() -> None:
+    # 10 x 7 x 5 voxels of 1 x 1.5 x 0.75 mm onto a 3 mm grid: blocks of 3 x 2 x 4 voxels.
+    array = np.arange(5 * 7 * 10, dtype=np.float32).reshape(5, 7, 10)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.5, 0.75))
+    image.SetOrigin((10.0, 20.0, 30.0))
+    shrunk = area_downsample(image, ANTIALIAS)
+    assert shrunk.GetSize() == (4, 4, 2)  # ceil(10/3), ceil(7/2), ceil(5/4): nothing dropped
+    assert shrunk.GetSpacing() == (3.0, 3.0, 3.0)
+    # the first block's centre: origin + (block - 1) / 2 voxels
+    assert np.allclose(shrunk.GetOrigin(), (11.0, 20.75, 31.125))
+    out = sitk.GetArrayFromImage(shrunk)
+    assert out[0, 0, 0] == pytest.approx(array[0:4, 0:2, 0:3].mean())
+    # the last x block holds voxel 9 and two repeats of it (edge padding)
+    assert out[0, 0, 3] == pytest.approx(array[0:4, 0:2, 9].mean())
+
+
+def test_area_downsample_leaves_a_finer_or_equal_axis_alone() -> None:
+    image = sitk.Image((6, 6, 6), sitk.sitkInt16)
+    image.SetSpacing((3.0, 3.2, 5.0))
+    assert area_downsample(image, ANTIALIAS) is image
+
+
+def test_antialiased_prepare_averages_the_noise_away() -> None:
+    # White noise (SD 40 HU) at 1 x 1 x 1 mm onto 3 mm: blocks of 27 voxels, SD / sqrt(27) ~ 7.7 HU.
+    noise = np.random.default_rng(0).normal(40.0, 40.0, (60, 60, 60)).astype(np.float32)
+    image = sitk.GetImageFromArray(noise)
+    scale = 450.0  # window01 units -> HU for CONTRACT's (-200, 250) window
+    point = prepare(image, CONTRACT).array[2:-2, 2:-2, 2:-2] * scale
+    area = prepare(image, ANTIALIAS).array[2:-2, 2:-2, 2:-2] * scale
+    assert point.std() > 30.0
+    assert 6.0 < area.std() < 9.5
+
+
+@pytest.mark.parametrize("name", ["oblique_20deg", "anisotropic"])
+def test_antialiased_label_is_the_liver_fraction_of_each_model_voxel(name: str) -> None:
+    ct, inside, _ = sphere_ct(name)
+    label = sitk.GetImageFromArray(inside.astype(np.uint8))
+    label.CopyInformation(ct)
+    prepared = prepare(ct, ANTIALIAS)
+    fraction = label_to_model_grid(label, prepared)
+    assert fraction.dtype == np.float32 and fraction.shape == prepared.array.shape
+    assert fraction.min() >= 0.0 and fraction.max() == pytest.approx(1.0)
+    distance = np.linalg.norm(physical_points(prepared.image) - CENTRE_MM[:, None, None, None], axis=0)
+    # a model voxel reads blocks of up to 3 input voxels and linear weights over two blocks
+    assert np.all(fraction[distance < RADIUS_MM - 6.0] > 0.99)  # well inside: all liver
+    assert np.all(fraction[distance > RADIUS_MM + 6.0] < 0.01)  # well outside: none
+    edge = np.abs(distance - RADIUS_MM) < 1.0
+    # on the surface: partial voxels, half liver on average
+    assert np.all((fraction[edge] > 0.05) & (fraction[edge] < 0.95))
+    assert 0.4 < fraction[edge].mean() < 0.6
+    # volume is kept: the fractions add up to the sphere's volume (the input mask's, within 3 %)
+    input_ml = inside.sum() * np.prod(ct.GetSpacing()) / 1000
+    model_ml = fraction.sum() * np.prod(prepared.image.GetSpacing()) / 1000
+    assert model_ml == pytest.approx(input_ml, rel=0.03)
 
 
 ZSCORE = InputContract(

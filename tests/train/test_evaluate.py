@@ -66,8 +66,9 @@ def test_case_with_a_given_prediction() -> None:
         evaluate_case(image, as_image[1])
 
 
-def _model_on(spacing_mm: float) -> LoadedModel:
-    contract = InputContract(spacing_xyz_mm=(spacing_mm,) * 3, hu_window=(-200.0, 300.0), patch_size_dhw=(32, 32, 32))
+def _model_on(spacing_mm: float, antialias: bool = False) -> LoadedModel:
+    contract = InputContract(spacing_xyz_mm=(spacing_mm,) * 3, hu_window=(-200.0, 300.0),
+                             patch_size_dhw=(32, 32, 32), antialias=antialias)
     return LoadedModel(network=nn.Identity(), card=ModelCard(name="unet3d_ds.grid", arch="unet3d_ds", input=contract))
 
 
@@ -83,3 +84,21 @@ def test_the_grid_ceiling_is_the_reference_blurred_by_the_grid_alone() -> None:
     # A 40 mm sphere survives a 2 mm grid almost whole; coarser grids cost more of its surface.
     assert scores[2.0] > 0.97
     assert scores[2.0] > scores[4.0] > scores[8.0] > 0.8, scores
+
+
+def test_liver_fractions_raise_the_grid_ceiling_at_4_mm() -> None:
+    # A model that learns each coarse voxel's liver fraction can place the edge inside the voxel;
+    # one trained on point samples cannot. On this 40 mm sphere (1.5 x 1.5 x 2.5 mm, oblique) the
+    # ceiling at 4 mm measured 0.977 with fractions against 0.973 with point samples (on the
+    # phantoms' livers 0.980-0.995 against 0.970-0.988). At 8 mm the block average and the linear
+    # resample blur the sphere enough to shrink it (0.862 against 0.922): fractions suit a grid
+    # fine for the organ, not one as coarse as the organ is small.
+    ct, sphere = sphere_ct(ORIENTATIONS["oblique"], radius_mm=20.0)
+    reference = sitk.GetImageFromArray(sphere.astype(np.uint8))
+    reference.CopyInformation(ct)
+    point, fractions = (
+        dice(sitk.GetArrayFromImage(reference_through_grid(ct, reference, _model_on(4.0, aa))), sphere)
+        for aa in (False, True)
+    )
+    assert point == pytest.approx(0.973, abs=0.002)
+    assert fractions == pytest.approx(0.977, abs=0.002)

@@ -133,3 +133,30 @@ def test_gradients_flow_through_every_head():
     DeepSupervisionLoss("dsn")(outputs, label).backward()
     assert all(o.grad is not None and o.grad.abs().sum() > 0 for o in outputs)
     assert DiceCELoss()(outputs[0].detach(), label).item() > 0
+
+
+def test_fraction_targets_of_0_and_1_give_the_integer_loss():
+    label = _label(6, 8)
+    logits = torch.randn(2, 2, 8, 8, 8, generator=torch.Generator().manual_seed(6))
+    assert float(DiceCELoss()(logits, label.float())) == pytest.approx(float(DiceCELoss()(logits, label)), rel=1e-6)
+
+
+def test_fraction_targets_score_cross_entropy_and_dice_by_hand():
+    fraction = torch.tensor([0.0, 0.25, 0.5, 1.0]).view(1, 1, 1, 4).expand(1, 2, 2, 4).contiguous()
+    logits = torch.zeros(1, 2, 2, 2, 4)
+    logits[:, 1] = torch.tensor([-1.0, 0.0, 1.0, 2.0]).view(1, 1, 4)  # background logit 0
+    p = torch.sigmoid(logits[:, 1])
+    ce = -(fraction * p.log() + (1 - fraction) * (1 - p).log()).mean()
+    dice = 2 * (p * fraction).sum() / (p.sum() + fraction.sum())
+    loss = DiceCELoss(smooth=0)(logits, fraction)
+    assert float(loss) == pytest.approx(float(ce + 1 - dice), rel=1e-5)
+    with pytest.raises(ValueError, match="two-class"):
+        DiceCELoss()(torch.zeros(1, 3, 2, 2, 4), fraction)
+
+
+def test_downsample_fraction_averages_each_coarse_voxel():
+    fraction = torch.rand(2, 8, 8, 8, generator=torch.Generator().manual_seed(7))
+    half = downsample_label(fraction, (4, 4, 4))
+    assert half.dtype == torch.float32
+    assert float(half[1, 2, 3, 0]) == pytest.approx(float(fraction[1, 4:6, 6:8, 0:2].mean()))
+    assert float(half.mean()) == pytest.approx(float(fraction.mean()), rel=1e-5)  # volume kept

@@ -93,6 +93,25 @@ def test_patch_sampler_oversamples_foreground_and_pads_air():
         assert float(image.min()) == 0.0  # air padding, as prepare fills outside the CT
 
 
+def test_antialiased_cases_give_liver_fractions_that_augmentation_warps_smoothly():
+    contract = CONTRACT.model_copy(update={"antialias": True})
+    case = prepare_case(phantom_sources(1, 3, spacing_mm=3.0)[0], contract, np.random.default_rng(0))
+    assert case.label.dtype == np.float32 and 0.0 <= case.label.min() and case.label.max() <= 1.0
+    partial = (case.label > 0.05) & (case.label < 0.95)
+    assert partial.sum() > 0.2 * (case.label > 0.5).sum()  # at 6 mm much of the liver is edge
+    sampler = PatchSampler([case], (32, 32, 32), batch_size=3, contract=contract)
+    image, label = sampler.sample(torch.Generator().manual_seed(0))
+    assert label.dtype == torch.float32 and float(label[2].max()) > 0.5
+
+    spin = AugmentConfig(p_flip=0, p_rotate=1.0, p_scale=0, p_elastic=0, p_intensity=0, p_noise=0,
+                         p_gamma=0, p_blur=0)
+    _, warped = Augmenter(spin).spatial(image, label, torch.Generator().manual_seed(1))
+    assert warped.dtype == torch.float32 and 0.0 <= float(warped.min()) and float(warped.max()) <= 1.0
+    # trilinear, not nearest: new in-between values, and the liver volume is about the same
+    assert len(torch.unique(warped)) > len(torch.unique(label))
+    assert float(warped[2].sum()) == pytest.approx(float(label[2].sum()), rel=0.1)
+
+
 def test_augmentation_moves_image_and_label_together():
     generator = torch.Generator().manual_seed(0)
     label = torch.zeros(2, 1, 24, 32, 28, dtype=torch.long)
@@ -133,6 +152,9 @@ def test_cli_parses_the_documented_options():
     assert args.deep_supervision is False and args.resume is True
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--synthetic", "2", "--data", "x"])  # one source only
+    assert args.antialias is True and args.init_from is None  # the defaults
+    args = build_parser().parse_args(["--synthetic", "2", "--no-antialias", "--init-from", "unet3d_ds.a"])
+    assert args.antialias is False and args.init_from == "unet3d_ds.a"
 
 
 def _config(tmp_path: Path, **overrides) -> TrainConfig:
@@ -214,6 +236,23 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
 
     with pytest.raises(ValueError, match="arch_kwargs"):
         Trainer(_config(tmp_path / "b", **fast, arch_kwargs={"features": [4, 8]})).fit(resume=True)
+    with pytest.raises(ValueError, match="antialias=True"):  # other preprocessing, other data
+        Trainer(_config(tmp_path / "b", **fast, antialias=False)).fit(resume=True)
+
+
+def test_init_from_starts_from_a_checkpoints_weights(tmp_path):
+    fast = dict(synthetic=1, n_val=1, phantom_spacing_mm=6.0, epochs=1, iters_per_epoch=1,
+                final_evaluation=False)
+    Trainer(_config(tmp_path, **fast, tag="first", seed=1)).fit()
+    first = load_model("unet3d_ds.first", tmp_path / "zoo").network.state_dict()
+    fresh = Trainer(_config(tmp_path, **fast, tag="second", seed=2)).network.state_dict()
+    tuned = Trainer(_config(tmp_path, **fast, tag="second", seed=2, init_from="unet3d_ds.first"))
+    state = tuned.network.state_dict()
+    assert all(torch.equal(state[k], first[k]) for k in first)
+    assert not all(torch.equal(fresh[k], first[k]) for k in first)  # not the seed's own weights
+    with pytest.raises(ValueError, match="init-from unet3d_ds.first: it is a unet3d_ds"):
+        Trainer(_config(tmp_path, **fast, tag="third", arch_kwargs={"features": [4, 8]},
+                        init_from="unet3d_ds.first"))
 
 
 def test_cli_trains_and_exports(tmp_path, capsys):
