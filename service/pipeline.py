@@ -46,7 +46,7 @@ class InferenceOptions:
     skip_air_hu: float | None = -500.0
     confidence_map: bool = False
     low_confidence: float = 0.5
-    review_fraction: float = 0.5  # Settings.confidence_review_threshold
+    review_fraction: float = 0.45  # Settings.confidence_review_threshold
 
 
 @dataclass

@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     )
     skip_air_hu: float | None = Field(-500.0, description="Windows whose every voxel is below this HU are skipped.")
     confidence_review_threshold: float = Field(
-        0.5, ge=0, le=1,
-        description="Flag review above this low-confidence fraction (0.5: chosen on held-out phantoms, README).",
+        0.45, ge=0, le=1,
+        description="Flag review above this low-confidence fraction (0.45: chosen on held-out phantoms, README).",
     )
     low_confidence: float = Field(0.5, ge=0, le=1, description="A voxel below this confidence counts as low.")
 
