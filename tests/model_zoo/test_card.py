@@ -27,6 +27,7 @@ FULL_CARD = {
         "std": 45.25,
         "patch_size_dhw": [48, 64, 64],
         "crop_to_body": True,
+        "antialias": True,
         "body_threshold_hu": -500.0,
         "body_margin_mm": 12.0,
     },
@@ -95,6 +96,7 @@ def test_defaults_make_a_minimal_card() -> None:
     )
     assert card.channel_def == {"0": "background", "1": "liver"}
     assert card.input.orientation == "LPS" and card.input.normalisation == "window01"
+    assert card.input.antialias is False  # cards from before the option keep their meaning
     assert card.arch_kwargs == {"features": [4, 8, 16]}
     assert ModelCard.model_validate_json(card.model_dump_json()) == card
 
