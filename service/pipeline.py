@@ -141,6 +141,30 @@ def _grid_like(reference: sitk.Image, start_xyz: list[int], size_xyz: list[int])
     return box
 
 
+def restore_kept(
+    channels: np.ndarray,
+    keep: np.ndarray,
+    prepared: PreparedVolume,
+    image: sitk.Image,
+    outside: list[float],
+) -> tuple[tuple[list[int], list[int]], np.ndarray] | None:
+    """Model-grid channels (liver probability first) restored onto the input-grid box of the kept liver.
+
+    The probability is zeroed outside the kept component dilated by a voxel (so its edge
+    interpolates as before and dropped components stay dropped). Only the box of the input grid
+    that can see that component is resampled: a 512x512x800 float map never exists. Returns
+    ((start_xyz, size_xyz), (C, D, H, W) on the box), or None when the component lies wholly
+    beyond the scan (padding of an oblique grid) or nothing was kept.
+    """
+    near = ndimage.binary_dilation(keep, iterations=1)
+    region = reference_region(near, prepared.image, image)
+    if region is None:
+        return None
+    clean = np.array(channels, dtype=np.float32)
+    clean[0] = np.where(near, clean[0], 0.0)
+    return region, restore(clean, prepared, _grid_like(image, *region), outside=outside)
+
+
 def _largest_component_filled(mask: np.ndarray) -> np.ndarray:
     return postprocess(mask.astype(np.float32))
 
@@ -172,17 +196,9 @@ def segment(
     summary = summarise_confidence(
         confidence_model, keep, low=options.low_confidence, review_fraction=options.review_fraction
     )
-    # Zero the probability outside the kept component (dilated by a voxel so its edge
-    # interpolates as before), so that dropped components stay dropped after resampling.
-    near = ndimage.binary_dilation(keep, iterations=1)
-    # Only the liver's box of the input grid is resampled: a 512x512x800 float map never exists.
-    # None also when the component lies wholly beyond the scan (padding of an oblique grid).
-    region = reference_region(near, prepared.image, image)
-    if region is not None:
-        start, size = region
-        box = _grid_like(image, start, size)
-        clean = np.where(near, liver_outputs[0], 0.0).astype(np.float32)
-        restored = restore(np.stack([clean, confidence_model]), prepared, box, outside=[0.0, 1.0])
+    kept = restore_kept(np.stack([liver_outputs[0], confidence_model]), keep, prepared, image, [0.0, 1.0])
+    if kept is not None:
+        (start, size), restored = kept
         region_mask = _largest_component_filled(restored[0] > 0.5)
         z, y, x = (slice(start[i], start[i] + size[i]) for i in (2, 1, 0))
         full_mask[z, y, x] = region_mask

@@ -73,12 +73,12 @@ def reference_through_grid(image: sitk.Image, reference: sitk.Image, model: Load
 
     The reference is brought onto the grid `prepare` builds for `image` as a probability (its
     liver fractions under an antialiasing contract, the very target such a model trains on;
-    otherwise sampled linearly), then post-processed and restored exactly as
-    `service.pipeline.segment` treats the network's output. Its Dice against the reference is the
+    otherwise sampled linearly), then post-processed and restored by the functions
+    `service.pipeline.segment` uses for the network's output. Its Dice against the reference is the
     ceiling for any model on that grid: what the spacing alone costs.
     """
-    from model_zoo.preprocessing import label_to_model_grid, prepare, restore
-    from service.pipeline import postprocess
+    from model_zoo.preprocessing import label_to_model_grid, prepare
+    from service.pipeline import postprocess, restore_kept
 
     prepared = prepare(image, model.card.input)
     if model.card.input.antialias:
@@ -88,11 +88,13 @@ def reference_through_grid(image: sitk.Image, reference: sitk.Image, model: Load
         on_grid = sitk.GetArrayFromImage(
             sitk.Resample(truth, prepared.image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         )
-    keep = postprocess(on_grid)
-    # As segment does: zero outside the kept component dilated by a voxel, so its edge interpolates.
-    near = ndimage.binary_dilation(keep, iterations=1)
-    back = restore(np.where(near, on_grid, 0.0)[None].astype(np.float32), prepared, image)[0]
-    mask = sitk.GetImageFromArray(postprocess(back).astype(np.uint8))
+    full = np.zeros(image.GetSize()[::-1], dtype=np.uint8)
+    kept = restore_kept(on_grid[None], postprocess(on_grid), prepared, image, [0.0])
+    if kept is not None:
+        (start, size), restored = kept
+        z, y, x = (slice(start[i], start[i] + size[i]) for i in (2, 1, 0))
+        full[z, y, x] = postprocess(restored[0])
+    mask = sitk.GetImageFromArray(full)
     mask.CopyInformation(image)
     return mask
 
