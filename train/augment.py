@@ -2,8 +2,8 @@
 
 Spatial transforms (flips; one resampling for rotation, scaling and an elastic field together)
 move image and label identically: the image is resampled trilinearly, an integer label by
-nearest neighbour, so it stays a label map, and a float label (liver fractions) trilinearly. Intensity transforms (shift and scale, Gaussian noise, gamma,
-blur) touch the image only. Each transform is drawn per sample with its own probability from a
+nearest neighbour, so it stays a label map, and a float label (liver fractions) trilinearly.
+Intensity transforms (shift and scale, Gaussian noise, gamma, blur) touch the image only. Each transform is drawn per sample with its own probability from a
 `torch.Generator`, so a seed fixes the whole stream. The defaults are milder versions of nnU-Net's
 (rotation +-15 degrees instead of +-30, scaling 0.85-1.15, probabilities around 0.1-0.2) because
 the networks we train on CPU see few iterations.

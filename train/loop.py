@@ -363,13 +363,14 @@ class Trainer:
         """Restore a training checkpoint written by `save_state`; checks it is the same network."""
         meta = json.loads((directory / "state.json").read_text())
         saved = meta["config"]
+        current = self.config.to_json()
         defaults = {"antialias": False}  # runs from before the option trained without it
         for key in ("arch", "arch_kwargs", "spacing_xyz_mm", "patch_size_dhw", "hu_window", "optimizer",
                     "antialias"):
             was = saved.get(key, defaults.get(key))
-            if was != self.config.to_json()[key]:
+            if was != current[key]:
                 raise ValueError(f"cannot resume {directory}: it was trained with {key}={was!r}, "
-                                 f"this run has {self.config.to_json()[key]!r}")
+                                 f"this run has {current[key]!r}")
         tensors = load_file(directory / "state.safetensors")
         model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
         self.network.load_state_dict(model, strict=True)
