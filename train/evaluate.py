@@ -53,13 +53,17 @@ class CaseEvaluation:
 
 
 def predict_case(
-    image: sitk.Image, model: LoadedModel, *, device: str = "cpu", confidence: bool = False
+    image: sitk.Image, model: LoadedModel, *, device: str = "cpu", confidence: bool = False,
+    tta: bool = False, overlap: float | None = None,
 ) -> tuple[sitk.Image, sitk.Image | None, float]:
     """The service's mask (uint8 0/1 on `image`'s grid), its confidence map if asked for, and the
-    fraction of the liver below the low-confidence line (what drives "review recommended")."""
+    fraction of the liver below the low-confidence line (what drives "review recommended").
+    `tta` and `overlap` are the request's options of the same names (None: the card's overlap)."""
     from service.pipeline import InferenceOptions, segment  # the service's own path
 
     options = InferenceOptions(
+        tta=tta,
+        overlap=overlap,
         window_device=device,
         batch_size=model.card.inference.window_batch_size,
         confidence_map=confidence,
@@ -131,14 +135,16 @@ def evaluate_case(
     device: str = "cpu",
     name: str = "case",
     confidence: bool = False,
+    tta: bool = False,
+    overlap: float | None = None,
     tiles: int = 0,
 ) -> CaseEvaluation:
     """Score one case: CT `image` (HU) and `reference` liver mask (0/1) on the same grid.
 
     The prediction is `prediction` when given (any 0/1 image on the reference's grid), else the
-    service's output of `model`. `confidence` (model only) adds the AUROC of 1 - confidence for
-    the wrong voxels; `tiles` > 0 renders that many axial montage tiles. Distances use the
-    reference's spacing. Raises ValueError when neither or both of model/prediction are given,
+    service's output of `model` (with the request options `tta` and `overlap`). `confidence`
+    (model only) adds the AUROC of 1 - confidence for the wrong voxels; `tiles` > 0 renders that
+    many axial montage tiles. Distances use the reference's spacing. Raises ValueError when neither or both of model/prediction are given,
     or when the grids differ in size.
     """
     if (model is None) == (prediction is None):
@@ -146,7 +152,8 @@ def evaluate_case(
     start = time.perf_counter()
     confidence_image, low_fraction = None, None
     if prediction is None:
-        prediction, confidence_image, low_fraction = predict_case(image, model, device=device, confidence=confidence)
+        prediction, confidence_image, low_fraction = predict_case(
+            image, model, device=device, confidence=confidence, tta=tta, overlap=overlap)
     if prediction.GetSize() != reference.GetSize():
         raise ValueError(f"prediction size {prediction.GetSize()} != reference size {reference.GetSize()}")
     predicted = sitk.GetArrayViewFromImage(prediction) > 0
@@ -277,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=None, help="evaluate only the first N cases")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--confidence", action="store_true", help="also score the confidence map (AUROC)")
+    parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation (the request's tta)")
+    parser.add_argument("--overlap", type=float, default=None, help="window overlap (default: the card's)")
     parser.add_argument("--montage-cases", type=int, default=6, help="cases shown in montage.png")
     parser.add_argument("--out", default=None, help="output folder (default: runs/eval/MODEL)")
     parser.add_argument("--record", metavar="PREFIX", default=None,
@@ -303,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = evaluate_case(image, reference, prediction=ceiling, name=case.name, tiles=tiles)
         else:
             result = evaluate_case(image, reference, model=model, device=device, name=case.name,
-                                   confidence=args.confidence, tiles=tiles)
+                                   confidence=args.confidence, tta=args.tta, overlap=args.overlap,
+                                   tiles=tiles)
         log.info("%s: Dice %.4f, HD95 %.2f mm, %.1f s", case.name, result.metrics.dice,
                  result.metrics.hd95_mm, result.seconds)
         result.prediction = None  # type: ignore[assignment]  # keep memory flat over many cases

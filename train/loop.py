@@ -67,6 +67,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 VALIDATION_PHANTOM_SEED = 100_000
 # The service's default air threshold for window skipping (Settings.skip_air_hu): validate the same.
 SERVICE_SKIP_AIR_HU = -500.0
+PHANTOM_LICENSE = "Apache-2.0 (weights trained here on procedural phantoms; no third-party data)"
+# How service/confidence.py turns the deep-supervision heads into a confidence; `train.evaluate
+# --confidence --record PREFIX` adds how well it finds wrong voxels (PREFIX_confidence_auroc).
+CONFIDENCE_METHOD = ("clip(2 * min_k a_k - 1, 0, 1) over the main output and the deep-supervision "
+                     "heads (service/confidence.py); AUROC of 1 - confidence for finding the wrong "
+                     "voxels in metrics *_confidence_auroc.")
 
 
 @dataclass
@@ -446,6 +452,7 @@ class Trainer:
         """The card of the current weights (metrics as given)."""
         config = self.config
         flips = tuple(a for a in config.augment.flip_axes) if config.augment.p_flip > 0 else ()
+        synthetic_only = config.synthetic > 0  # --synthetic wins over --data
         return ModelCard(
             name=config.name,
             arch=config.arch,
@@ -463,8 +470,11 @@ class Trainer:
                 device=str(self.device),
             ),
             metrics=metrics or {},
-            intended_use=("Trained on synthetic phantoms only. " if config.synthetic > 0 else "")
+            confidence=CONFIDENCE_METHOD,
+            intended_use=("Trained on synthetic phantoms only. " if synthetic_only else "")
             + "Research and testing of the liverseg service; not a medical device, not for clinical use.",
+            # Weights trained on someone's CT inherit that data's terms, which only its owner can state.
+            license=PHANTOM_LICENSE if synthetic_only else "",
             framework_versions=current_framework_versions(),
         )
 

@@ -102,3 +102,25 @@ def test_liver_fractions_raise_the_grid_ceiling_at_4_mm() -> None:
     )
     assert point == pytest.approx(0.973, abs=0.002)
     assert fractions == pytest.approx(0.977, abs=0.002)
+
+
+def test_cli_passes_the_request_options_to_the_service_path(tiny_checkpoint_dir, tmp_path, monkeypatch, capsys):
+    import service.pipeline
+    from tests.conftest import TINY
+    from train.evaluate import main
+
+    seen = []
+    real_segment = service.pipeline.segment
+
+    def spy(image, model, options, *args, **kwargs):
+        seen.append(options)
+        return real_segment(image, model, options, *args, **kwargs)
+
+    monkeypatch.setattr(service.pipeline, "segment", spy)
+    code = main(["--model", TINY, "--checkpoints", str(tiny_checkpoint_dir), "--synthetic", "1",
+                 "--device", "cpu", "--tta", "--overlap", "0.25", "--out", str(tmp_path)])
+    assert code == 0
+    assert [(o.tta, o.overlap) for o in seen] == [(True, 0.25)]
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("case,dice") and rows[1].startswith("phantom-100000,")
+    assert "phantom-100000" in capsys.readouterr().out

@@ -18,7 +18,7 @@ from train.__main__ import build_parser
 from train.__main__ import main as train_main
 from train.augment import AugmentConfig, Augmenter
 from train.data import PatchSampler, find_cases, phantom_sources, prepare_case, split_cases
-from train.loop import TrainConfig, Trainer
+from train.loop import CONFIDENCE_METHOD, PHANTOM_LICENSE, TrainConfig, Trainer
 from train.phantoms import make_phantom
 
 CONTRACT = InputContract(spacing_xyz_mm=(6.0, 6.0, 6.0), hu_window=(-200.0, 300.0), patch_size_dhw=(32, 32, 32))
@@ -267,4 +267,6 @@ def test_cli_trains_and_exports(tmp_path, capsys):
     card = get_card("dsn3d.cli", tmp_path / "zoo")
     assert card.training.command.startswith("python -m train --arch dsn3d")
     assert card.arch_kwargs == {"features": [4, 8, 8]}
+    assert card.license == PHANTOM_LICENSE and card.intended_use.startswith("Trained on synthetic phantoms only")
+    assert card.confidence == CONFIDENCE_METHOD
     assert "exported dsn3d.cli" in capsys.readouterr().out
