@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block-average the CT onto the model grid and train on liver fractions "
                         "(default on; --no-antialias: linear point sampling and 0/1 labels)")
     p.add_argument("--init-from", metavar="NAME", default=None,
-                   help="fine-tune: start from the weights of checkpoint NAME (in --out's folder)")
+                   help="fine-tune: start from the weights of checkpoint NAME (in --out's folder); a "
+                        "unet3d_ds may be widened to whole multiples of its features (train/widen.py)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch)
     p.add_argument("--batch", dest="batch_size", type=int, default=d.batch_size)

@@ -59,6 +59,7 @@ from train.data import (
 )
 from train.losses import DeepSupervisionLoss, aux_weight_factor
 from train.metrics import summarise
+from train.widen import WIDENABLE_ARCHS, widen_unet3d_ds, widening_factors
 
 log = logging.getLogger(__name__)
 
@@ -256,15 +257,33 @@ class Trainer:
         self.val_cases: list[PreparedCase] = []
 
     def _initialise_from(self, name: str) -> None:
-        """Fine-tuning: start from a checkpoint's weights (same architecture and widths)."""
+        """Fine-tuning: start from a checkpoint's weights; same architecture, and the same widths or
+        (unet3d_ds) whole multiples of them, widened so the network starts as the checkpoint."""
         from model_zoo.registry import load_model
 
         source = load_model(name, self.config.out_dir)
-        if (source.card.arch, source.card.arch_kwargs) != (self.config.arch, self.config.arch_kwargs):
-            raise ValueError(f"--init-from {name}: it is a {source.card.arch} {source.card.arch_kwargs}, "
-                             f"this run trains a {self.config.arch} {self.config.arch_kwargs}")
-        self.network.load_state_dict(source.network.state_dict(), strict=True)
-        log.info("initialised %s from the weights of %s", self.config.name, name)
+        card, config = source.card, self.config
+        old_features, new_features = card.arch_kwargs.get("features"), config.arch_kwargs.get("features")
+        widen = (card.arch == config.arch and card.arch in WIDENABLE_ARCHS
+                 and old_features is not None and new_features is not None
+                 and old_features != new_features
+                 and {**card.arch_kwargs, "features": new_features} == config.arch_kwargs)
+        why = "" if widen else "only a unet3d_ds's features may differ"
+        if widen:
+            try:
+                widening_factors(old_features, new_features)
+            except ValueError as error:
+                widen, why = False, str(error)
+        if (card.arch, card.arch_kwargs) != (config.arch, config.arch_kwargs) and not widen:
+            raise ValueError(f"--init-from {name}: it is a {card.arch} {card.arch_kwargs}, this run "
+                             f"trains a {config.arch} {config.arch_kwargs} ({why})")
+        state = source.network.state_dict()
+        if widen:
+            state = widen_unet3d_ds(source.network, self.network, old_features, new_features,
+                                    seed=config.seed)
+        self.network.load_state_dict(state, strict=True)
+        log.info("initialised %s from the weights of %s%s", config.name, name,
+                 f", widened {old_features} -> {new_features}" if widen else "")
 
     # -- data ------------------------------------------------------------------------------
     def load_data(self) -> None:

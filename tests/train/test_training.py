@@ -251,9 +251,29 @@ def test_init_from_starts_from_a_checkpoints_weights(tmp_path):
     state = tuned.network.state_dict()
     assert all(torch.equal(state[k], first[k]) for k in first)
     assert not all(torch.equal(fresh[k], first[k]) for k in first)  # not the seed's own weights
-    with pytest.raises(ValueError, match="init-from unet3d_ds.first: it is a unet3d_ds"):
+    with pytest.raises(ValueError, match="init-from unet3d_ds.first: it is a unet3d_ds.*keeps the depth"):
         Trainer(_config(tmp_path, **fast, tag="third", arch_kwargs={"features": [4, 8]},
                         init_from="unet3d_ds.first"))
+    with pytest.raises(ValueError, match="init-from unet3d_ds.first: it is a unet3d_ds.*whole multiple"):
+        Trainer(_config(tmp_path, **fast, tag="third", arch_kwargs={"features": [6, 8, 16]},
+                        init_from="unet3d_ds.first"))
+    with pytest.raises(ValueError, match="init-from unet3d_ds.first: it is a unet3d_ds.*features may differ"):
+        Trainer(_config(tmp_path, **fast, tag="third", arch_kwargs={**TINY, "block": "residual"},
+                        init_from="unet3d_ds.first"))
+
+
+def test_init_from_a_narrower_checkpoint_starts_from_what_it_computes(tmp_path):
+    fast = dict(synthetic=1, n_val=1, phantom_spacing_mm=6.0, epochs=1, iters_per_epoch=1,
+                final_evaluation=False)
+    Trainer(_config(tmp_path, **fast, tag="narrow", seed=1)).fit()
+    narrow = load_model("unet3d_ds.narrow", tmp_path / "zoo").network
+    wide = Trainer(_config(tmp_path, **fast, tag="wide", arch_kwargs={"features": [8, 16, 32]},
+                           init_from="unet3d_ds.narrow")).network.eval()
+    x = torch.randn(1, 1, 24, 24, 24)
+    with torch.no_grad():
+        expected, got = narrow(x, deep_supervision=True), wide(x, deep_supervision=True)
+    for a, b in zip(expected, got, strict=True):
+        assert torch.allclose(a, b, atol=1e-4 * float(a.abs().max()))
 
 
 def test_cli_trains_and_exports(tmp_path, capsys):
