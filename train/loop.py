@@ -59,7 +59,7 @@ from train.data import (
 )
 from train.losses import DeepSupervisionLoss, aux_weight_factor
 from train.metrics import summarise
-from train.widen import WIDENABLE_ARCHS, widen_unet3d_ds, widening_factors
+from train.widen import WIDENABLE_ARCHS, widen_unet3d_ds
 
 log = logging.getLogger(__name__)
 
@@ -263,27 +263,23 @@ class Trainer:
 
         source = load_model(name, self.config.out_dir)
         card, config = source.card, self.config
-        old_features, new_features = card.arch_kwargs.get("features"), config.arch_kwargs.get("features")
-        widen = (card.arch == config.arch and card.arch in WIDENABLE_ARCHS
-                 and old_features is not None and new_features is not None
-                 and old_features != new_features
-                 and {**card.arch_kwargs, "features": new_features} == config.arch_kwargs)
-        why = "" if widen else "only a unet3d_ds's features may differ"
-        if widen:
+        features = config.arch_kwargs.get("features")
+        mismatch = (f"--init-from {name}: it is a {card.arch} {card.arch_kwargs}, this run trains a "
+                    f"{config.arch} {config.arch_kwargs}")
+        if (card.arch, card.arch_kwargs) == (config.arch, config.arch_kwargs):
+            state, how = source.network.state_dict(), ""
+        elif (card.arch == config.arch and card.arch in WIDENABLE_ARCHS and "features" in card.arch_kwargs
+              and {**card.arch_kwargs, "features": features} == config.arch_kwargs):
             try:
-                widening_factors(old_features, new_features)
+                state = widen_unet3d_ds(source.network, self.network, card.arch_kwargs["features"],
+                                        features, seed=config.seed)
             except ValueError as error:
-                widen, why = False, str(error)
-        if (card.arch, card.arch_kwargs) != (config.arch, config.arch_kwargs) and not widen:
-            raise ValueError(f"--init-from {name}: it is a {card.arch} {card.arch_kwargs}, this run "
-                             f"trains a {config.arch} {config.arch_kwargs} ({why})")
-        state = source.network.state_dict()
-        if widen:
-            state = widen_unet3d_ds(source.network, self.network, old_features, new_features,
-                                    seed=config.seed)
+                raise ValueError(f"{mismatch} ({error})") from error
+            how = f", widened {card.arch_kwargs['features']} -> {features}"
+        else:
+            raise ValueError(f"{mismatch} (only a unet3d_ds's features may differ)")
         self.network.load_state_dict(state, strict=True)
-        log.info("initialised %s from the weights of %s%s", config.name, name,
-                 f", widened {old_features} -> {new_features}" if widen else "")
+        log.info("initialised %s from the weights of %s%s", config.name, name, how)
 
     # -- data ------------------------------------------------------------------------------
     def load_data(self) -> None:
