@@ -46,10 +46,14 @@ def test_the_default_setting_names_a_bundled_card() -> None:
         assert key in card.metrics, key
 
 
+def held_out_phantom():
+    """The phantom both the golden input and the Dice floor below are taken from."""
+    return make_phantom(HELD_OUT_SEED, spacing_xyz_mm=(2.0, 2.0, 2.5))
+
+
 def golden_input(model) -> np.ndarray:
-    """(1, 1, 24, 24, 24) float32: the card's preprocessing of a held-out phantom, around its liver."""
-    phantom = make_phantom(HELD_OUT_SEED, spacing_xyz_mm=(2.0, 2.0, 2.5))
-    prepared = prepare(phantom.ct, model.card.input)
+    """(1, 1, 24, 24, 24) float32: the card's preprocessing of the held-out phantom, around its liver."""
+    prepared = prepare(held_out_phantom().ct, model.card.input)
     d, h, w = (int(c) for c in np.argwhere(prepared.array > 0.5).mean(0))
     return np.ascontiguousarray(prepared.array[d - 12:d + 12, h - 12:h + 12, w - 12:w + 12])[None, None]
 
@@ -75,7 +79,7 @@ def test_says_what_it_said_when_released(bundled) -> None:
 
 
 def test_finds_the_liver_of_an_unseen_phantom(bundled) -> None:
-    phantom = make_phantom(HELD_OUT_SEED, spacing_xyz_mm=(2.0, 2.0, 2.5))
+    phantom = held_out_phantom()
     result = segment(phantom.ct, bundled, InferenceOptions(batch_size=2))
     mask = sitk.GetArrayViewFromImage(result.mask) > 0
     assert result.mask.GetSize() == phantom.ct.GetSize()
