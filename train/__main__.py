@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
     p.add_argument("--val-every", type=int, default=d.val_every, metavar="EPOCHS")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--data-workers", type=int, default=d.data_workers, metavar="N",
+                   help="processes preparing the cases onto the model grid (default: CPU cores, at most 8)")
     p.add_argument("--device", default=d.device, help='"auto", "cpu", "cuda", "cuda:1"...')
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     p.add_argument("--out", dest="out_dir", default=str(CHECKPOINT_DIR), help="where the checkpoint is exported")

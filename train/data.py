@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import re
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -239,6 +241,27 @@ def prepare_case(source: CaseSource, contract: InputContract, rng: np.random.Gen
         label=np.ascontiguousarray(label),
         foreground=foreground.astype(np.int64),
     )
+
+
+def _prepare_indexed(args: tuple[CaseSource, InputContract, int, int]) -> PreparedCase:
+    source, contract, seed, index = args
+    return prepare_case(source, contract, np.random.default_rng([seed, index]))
+
+
+def prepare_cases(
+    sources: Sequence[CaseSource], contract: InputContract, seed: int, workers: int = 1
+) -> list[PreparedCase]:
+    """`prepare_case` for each source, in order, on `workers` processes (1: in this process).
+
+    Each case draws from its own generator (seed, index), so the result does not depend on the
+    number of workers. Workers are spawned, not forked: the parent may hold CUDA and ITK threads.
+    """
+    jobs = [(source, contract, seed, index) for index, source in enumerate(sources)]
+    if workers <= 1 or len(jobs) <= 1:
+        return [_prepare_indexed(job) for job in jobs]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+        return list(pool.map(_prepare_indexed, jobs))
 
 
 class PatchSampler:

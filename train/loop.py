@@ -54,7 +54,7 @@ from train.data import (
     PreparedCase,
     find_cases,
     phantom_sources,
-    prepare_case,
+    prepare_cases,
     split_cases,
 )
 from train.losses import DeepSupervisionLoss, aux_weight_factor
@@ -113,6 +113,7 @@ class TrainConfig:
     val_every: int = 1
     # run
     seed: int = 0
+    data_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))  # case preparation
     device: str = "auto"
     amp: bool = True  # used on CUDA only
     out_dir: str = str(CHECKPOINT_DIR)
@@ -284,10 +285,10 @@ class Trainer:
     # -- data ------------------------------------------------------------------------------
     def load_data(self) -> None:
         """Prepare every case onto the model grid (once, kept in memory)."""
-        rng = np.random.default_rng(self.config.seed)
         start = time.perf_counter()
-        self.train_cases = [prepare_case(s, self.contract, rng) for s in self.train_sources]
-        self.val_cases = [prepare_case(s, self.contract, rng) for s in self.val_sources]
+        seed, workers = self.config.seed, self.config.data_workers
+        self.train_cases = prepare_cases(self.train_sources, self.contract, seed, workers)
+        self.val_cases = prepare_cases(self.val_sources, self.contract, seed + 1, workers)
         voxels = sum(c.image.size for c in self.train_cases + self.val_cases)
         log.info("prepared %d training and %d validation cases (%.1f Mvoxels) in %.1f s",
                  len(self.train_cases), len(self.val_cases), voxels / 1e6, time.perf_counter() - start)

@@ -17,7 +17,7 @@ from model_zoo.registry import get_card, load_model
 from train.__main__ import build_parser
 from train.__main__ import main as train_main
 from train.augment import AugmentConfig, Augmenter
-from train.data import PatchSampler, find_cases, phantom_sources, prepare_case, split_cases
+from train.data import PatchSampler, find_cases, phantom_sources, prepare_case, prepare_cases, split_cases
 from train.loop import CONFIDENCE_METHOD, PHANTOM_LICENSE, TrainConfig, Trainer
 from train.phantoms import make_phantom
 
@@ -91,6 +91,18 @@ def test_patch_sampler_oversamples_foreground_and_pads_air():
         assert label.shape == (3, 1, *big) and label.dtype == torch.int64
         assert label[2].sum() > 0  # the last third is centred on liver
         assert float(image.min()) == 0.0  # air padding, as prepare fills outside the CT
+
+
+def test_cases_prepared_in_worker_processes_equal_those_prepared_here():
+    sources = phantom_sources(3, 3, spacing_mm=8.0)
+    here = prepare_cases(sources, CONTRACT, seed=5, workers=1)
+    spawned = prepare_cases(sources, CONTRACT, seed=5, workers=2)
+    assert [c.name for c in spawned] == ["phantom-3", "phantom-4", "phantom-5"]
+    for a, b in zip(here, spawned, strict=True):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.label, b.label)
+        np.testing.assert_array_equal(a.foreground, b.foreground)
+    assert not np.array_equal(here[0].image, here[1].image)  # three different phantoms
 
 
 def test_antialiased_cases_give_liver_fractions_that_augmentation_warps_smoothly():
