@@ -17,7 +17,14 @@ from model_zoo.registry import get_card, load_model
 from train.__main__ import build_parser
 from train.__main__ import main as train_main
 from train.augment import AugmentConfig, Augmenter
-from train.data import PatchSampler, find_cases, phantom_sources, prepare_case, prepare_cases, split_cases
+from train.data import (
+    PatchSampler,
+    find_cases,
+    phantom_sources,
+    prepare_case,
+    prepare_cases,
+    split_cases,
+)
 from train.loop import CONFIDENCE_METHOD, PHANTOM_LICENSE, TrainConfig, Trainer
 from train.phantoms import make_phantom
 
