@@ -4,7 +4,8 @@
         --tag phantom_3mm --synthetic 16 --val 2 --spacing 3 --patch 64 --epochs 40
 
 writes model_zoo/checkpoints/unet3d_ds.phantom_3mm.{json,safetensors} (the card and weights) and
-runs/unet3d_ds.phantom_3mm/ (training checkpoint, log.csv, curves.png).
+runs/unet3d_ds.phantom_3mm/ (training checkpoint, log.csv, curves.png, and prepared/: every case
+on the model grid, read back by a resumed or repeated run; delete it to reclaim the disk).
 """
 
 from __future__ import annotations

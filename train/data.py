@@ -19,9 +19,11 @@ anywhere; volumes smaller than the patch are padded with air.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -243,24 +245,65 @@ def prepare_case(source: CaseSource, contract: InputContract, rng: np.random.Gen
     )
 
 
-def _prepare_indexed(args: tuple[CaseSource, InputContract, int, int]) -> PreparedCase:
-    source, contract, seed, index = args
-    return prepare_case(source, contract, np.random.default_rng([seed, index]))
+# The code that decides what a prepared case holds: a change to any of it makes old caches stale.
+_PREPARATION_CODE = ("model_zoo/preprocessing.py", "train/data.py", "train/phantoms.py")
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _preparation_code_digest() -> str:
+    digest = hashlib.sha256()
+    for name in _PREPARATION_CODE:
+        digest.update((_REPO_ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _cache_path(cache_dir: Path, source: CaseSource, contract: InputContract, seed: int, index: int,
+                code_digest: str) -> Path:
+    """Where a prepared case is kept: named by everything it depends on, files by size and mtime."""
+    stamp: list[object] = [repr(source), contract.model_dump_json(), seed, index, code_digest]
+    for path in (source.image, source.label):
+        if path is not None:
+            stat = Path(path).stat()
+            stamp += [stat.st_size, stat.st_mtime_ns]
+    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+    return cache_dir / f"{source.name}.{key}.npz"
+
+
+def _prepare_indexed(args: tuple[CaseSource, InputContract, int, int, Path | None]) -> PreparedCase:
+    source, contract, seed, index, cached = args
+    if cached is not None and cached.is_file():
+        with np.load(cached) as arrays:
+            return PreparedCase(source.name, arrays["image"], arrays["label"], arrays["foreground"])
+    case = prepare_case(source, contract, np.random.default_rng([seed, index]))
+    if cached is not None:
+        partial = cached.with_name(f".{cached.name}.{os.getpid()}.tmp.npz")
+        np.savez(partial, image=case.image, label=case.label, foreground=case.foreground)
+        os.replace(partial, cached)  # a run killed mid-write leaves no half file behind
+    return case
 
 
 def prepare_cases(
-    sources: Sequence[CaseSource], contract: InputContract, seed: int, workers: int = 1
+    sources: Sequence[CaseSource], contract: InputContract, seed: int, workers: int = 1,
+    cache_dir: Path | None = None,
 ) -> list[PreparedCase]:
     """`prepare_case` for each source, in order, on `workers` processes (1: in this process).
 
     Each case draws from its own generator (seed, index), so the result does not depend on the
     number of workers. Workers are spawned, not forked: the parent may hold CUDA and ITK threads.
+    With `cache_dir`, each prepared case is kept there (as nnU-Net keeps its preprocessed data)
+    and read back by the next run that asks for the same case under the same contract and code.
     """
-    jobs = [(source, contract, seed, index) for index, source in enumerate(sources)]
-    if workers <= 1 or len(jobs) <= 1:
+    cached: list[Path | None] = [None] * len(sources)
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        digest = _preparation_code_digest()
+        cached = [_cache_path(cache_dir, s, contract, seed, i, digest) for i, s in enumerate(sources)]
+    jobs = [(source, contract, seed, index, cached[index]) for index, source in enumerate(sources)]
+    to_prepare = sum(path is None or not path.is_file() for path in cached)
+    if workers <= 1 or to_prepare <= 1:
         return [_prepare_indexed(job) for job in jobs]
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, to_prepare), mp_context=context) as pool:
         return list(pool.map(_prepare_indexed, jobs))
 
 

@@ -287,8 +287,9 @@ class Trainer:
         """Prepare every case onto the model grid (once, kept in memory)."""
         start = time.perf_counter()
         seed, workers = self.config.seed, self.config.data_workers
-        self.train_cases = prepare_cases(self.train_sources, self.contract, seed, workers)
-        self.val_cases = prepare_cases(self.val_sources, self.contract, seed + 1, workers)
+        cache = self.run_dir / "prepared"  # a resumed or repeated run reads them back
+        self.train_cases = prepare_cases(self.train_sources, self.contract, seed, workers, cache)
+        self.val_cases = prepare_cases(self.val_sources, self.contract, seed + 1, workers, cache)
         voxels = sum(c.image.size for c in self.train_cases + self.val_cases)
         log.info("prepared %d training and %d validation cases (%.1f Mvoxels) in %.1f s",
                  len(self.train_cases), len(self.val_cases), voxels / 1e6, time.perf_counter() - start)

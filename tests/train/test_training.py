@@ -112,6 +112,29 @@ def test_cases_prepared_in_worker_processes_equal_those_prepared_here():
     assert not np.array_equal(here[0].image, here[1].image)  # three different phantoms
 
 
+def test_prepared_cases_are_cached_and_read_back_for_the_same_contract_only(tmp_path, monkeypatch):
+    import train.data
+
+    sources = phantom_sources(2, 3, spacing_mm=8.0)
+    first = prepare_cases(sources, CONTRACT, seed=5, cache_dir=tmp_path)
+    files = sorted(tmp_path.iterdir())
+    assert [f.name.split(".")[0] for f in files] == ["phantom-3", "phantom-4"]
+
+    def no_preparing(*args, **kwargs):
+        raise AssertionError("a cached case was prepared again")
+
+    monkeypatch.setattr(train.data, "prepare_case", no_preparing)
+    again = prepare_cases(sources, CONTRACT, seed=5, cache_dir=tmp_path)
+    for a, b in zip(first, again, strict=True):
+        assert a.name == b.name
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.label, b.label)
+        np.testing.assert_array_equal(a.foreground, b.foreground)
+    with pytest.raises(AssertionError, match="prepared again"):  # another grid is another case
+        prepare_cases(sources, CONTRACT.model_copy(update={"spacing_xyz_mm": (8.0, 8.0, 8.0)}),
+                      seed=5, cache_dir=tmp_path)
+
+
 def test_antialiased_cases_give_liver_fractions_that_augmentation_warps_smoothly():
     contract = CONTRACT.model_copy(update={"antialias": True})
     case = prepare_case(phantom_sources(1, 3, spacing_mm=3.0)[0], contract, np.random.default_rng(0))
@@ -222,6 +245,7 @@ def test_tiny_training_run_learns_the_liver_and_exports_a_loadable_checkpoint(tm
     assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
     assert float(rows[-1]["val_dice"]) == pytest.approx(dices[-1], abs=1e-4)
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((run / "prepared").glob("phantom-*.npz"))) == 8 + 2  # training and validation
 
 
 def test_resume_continues_from_the_saved_epoch(tmp_path):
