@@ -113,7 +113,9 @@ class TrainConfig:
     val_every: int = 1
     # run
     seed: int = 0
-    data_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))  # case preparation
+    # processes preparing the cases; they are spawned, so a script that calls Trainer needs the
+    # usual `if __name__ == "__main__":` guard (or data_workers=1)
+    data_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     device: str = "auto"
     amp: bool = True  # used on CUDA only
     out_dir: str = str(CHECKPOINT_DIR)
