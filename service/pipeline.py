@@ -24,6 +24,7 @@ from model_zoo.preprocessing import (
     reference_region,
     restore,
 )
+from model_zoo.card import ModelCard
 from model_zoo.registry import LoadedModel
 from service.confidence import ConfidenceSummary, confidence_map, summarise_confidence
 from service.errors import InvalidOption
@@ -47,6 +48,20 @@ class InferenceOptions:
     confidence_map: bool = False
     low_confidence: float = 0.5
     review_fraction: float = 0.45  # Settings.confidence_review_threshold
+
+
+def check_options(card: ModelCard, options: InferenceOptions) -> None:
+    """InvalidOption for options this model cannot take: checked when a request or job is accepted,
+    so that a job does not fail after its 202, and again when it runs."""
+    if options.depth is None:
+        return
+    if card.arch != "unetpp3d":
+        raise InvalidOption(f"depth applies to UNet++ models only; {card.name} is a {card.arch}: leave depth out.")
+    features = card.arch_kwargs.get("features")
+    if features is not None and options.depth > len(features) - 1:
+        raise InvalidOption(
+            f"{card.name} has depth {len(features) - 1}; depth={options.depth} asks for more: use 1..{len(features) - 1}."
+        )
 
 
 @dataclass
@@ -79,10 +94,9 @@ def predict_probabilities(
         the model grid.
     """
     card = model.card
+    check_options(card, options)
     forward_kwargs: dict[str, object] = {"deep_supervision": True}
     if options.depth is not None:
-        if card.arch != "unetpp3d":
-            raise InvalidOption(f"depth applies to UNet++ models only; {card.name} is a {card.arch}.")
         forward_kwargs["depth"] = options.depth
 
     network = model.network

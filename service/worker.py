@@ -19,6 +19,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
+from model_zoo.card import ModelCard
 from model_zoo.names import UnknownNameError
 from model_zoo.registry import LoadedModel, get_card, load_model
 from service.errors import Busy, UnknownModel
@@ -68,10 +69,10 @@ class InferenceWorker:
         self.ready = False
         self.recent_seconds: list[float] = []  # durations of the last runs, for time estimates
 
-    def check_model(self, name: str) -> None:
-        """Raise UnknownModel unless `name` is in the registry (cheap: reads the card only)."""
+    def check_model(self, name: str) -> ModelCard:
+        """The card of model `name`; UnknownModel unless it is in the registry (cheap: reads the card only)."""
         try:
-            get_card(name, self.model_dir)
+            return get_card(name, self.model_dir)
         except UnknownNameError as error:
             raise UnknownModel(str(error)) from None
 
