@@ -16,6 +16,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from model_zoo.card import ModelCard
 from model_zoo.preprocessing import (
     AIR_HU,
     PreparedVolume,
@@ -24,7 +25,6 @@ from model_zoo.preprocessing import (
     reference_region,
     restore,
 )
-from model_zoo.card import ModelCard
 from model_zoo.registry import LoadedModel
 from service.confidence import ConfidenceSummary, confidence_map, summarise_confidence
 from service.errors import InvalidOption
