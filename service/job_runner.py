@@ -32,9 +32,14 @@ class JobRunner:
         self._thread = threading.Thread(target=self._loop, name="liverseg-jobs")
 
     def start(self) -> None:
-        requeued = self.store.requeue_interrupted()
+        requeued, lost = self.store.requeue_interrupted(self.settings.queue_max_tries)
         if requeued:
             log.info("re-queued %d job(s) interrupted by the last shutdown", requeued)
+        if lost:
+            log.warning(
+                "failed %d job(s) as worker_lost: the service stopped during each of their last %d starts",
+                lost, self.settings.queue_max_tries,
+            )
         self._thread.start()
 
     def wake(self) -> None:

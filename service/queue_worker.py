@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ from redis.exceptions import RedisError
 
 from service.job_queue import FUNCTION, QUEUE_NAME, dumps, loads, redis_settings
 from service.job_runner import JobRunner
-from service.jobs import JobStore
+from service.jobs import JobsDatabaseError, JobStore, lost_detail
 from service.settings import Settings, get_settings
 from service.worker import InferenceWorker, resolve_device
 
@@ -112,11 +113,7 @@ async def segment_job(ctx: dict[str, Any], job_id: str) -> str:
         return "skipped"
     if tries > settings.queue_max_tries:
         # arq is allowed one try more than we are, so that the job is failed here, on the record.
-        runner.store.fail(
-            job_id, "worker_lost",
-            f"The job was started {tries - 1} time(s) and each time its worker stopped (killed, out of "
-            "memory, or crashed) before it finished; it is not tried again. The queue workers' logs say why.",
-        )
+        runner.store.fail(job_id, "worker_lost", lost_detail(tries - 1, "its worker", "The queue workers' logs"))
         return "failed"
     job = runner.store.claim(job_id)
     if job is None:
@@ -162,6 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     if not settings.queue_url:
         parser.error("LIVERSEG_QUEUE_URL is not set (e.g. redis://redis:6379/0): there is no queue to take jobs from")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # a damaged jobs database: one line and exit 1, not a traceback from arq's startup
+        JobStore(settings.data_dir).close()
+    except JobsDatabaseError as error:
+        sys.exit(f"liverseg-worker: {error}")
     with contextlib.suppress(KeyboardInterrupt):
         make_worker(settings).run()
 

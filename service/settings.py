@@ -32,7 +32,15 @@ class Settings(BaseSettings):
     queue_lease_s: float = Field(
         30.0, gt=0, description="A queue worker renews its hold on a running job every third of this; a dead worker's job moves on after it."
     )
-    queue_max_tries: int = Field(3, ge=1, description="Starts of one queued job before it fails as worker_lost (its worker died each time).")
+    queue_max_tries: int = Field(
+        3, ge=1,
+        description="Starts of one job before it fails as worker_lost (its queue worker, or the service in "
+        "in-process mode, died each time).",
+    )
+    max_queued_jobs: int = Field(32, ge=1, description="Jobs waiting to run before POST /jobs answers 503.")
+    max_queued_bytes: int = Field(
+        16 * 1024**3, ge=1, description="Upload bytes the waiting jobs may hold on disk before POST /jobs answers 503."
+    )
 
     # Inference
     window_batch_size: int = Field(4, ge=1)

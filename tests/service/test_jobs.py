@@ -1,14 +1,20 @@
-"""The job store's run times and the estimate GET /jobs/{id} gives from them (eta_s)."""
+"""The job store: run times and the estimate GET /jobs/{id} gives from them (eta_s); ids,
+deletion, the queue's bounds, attempts, and the database's migration and damage."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from service.api.jobs import estimated_seconds_left
-from service.jobs import JobStore
+from service.errors import Busy, NotFound
+from service.jobs import SCHEMA_VERSION, JobsDatabaseError, JobStore, stored_name
 
 
 def test_recent_run_seconds_are_those_of_done_jobs_newest_first(tmp_path: Path, monkeypatch) -> None:
@@ -42,3 +48,139 @@ def test_eta_from_recent_runs(tmp_path: Path) -> None:
     assert estimated_seconds_left(running, None, recent, running=1) == pytest.approx(6.0)
     assert estimated_seconds_left(queued, 0, [], running=1) is None
     assert estimated_seconds_left(replace(queued, state="done"), None, recent, running=0) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Ids, deletion, bounds, attempts and the database itself
+
+
+@pytest.mark.parametrize("job_id", [".", "..", "../jobs", "", "A" * 32, "0" * 31, "0" * 33, "x" * 10_000])
+def test_an_id_the_store_did_not_make_names_no_folder_and_deletes_nothing(tmp_path: Path, job_id: str) -> None:
+    store = JobStore(tmp_path)
+    kept = store.create({}, [])
+    with pytest.raises(NotFound, match="32 hex digits"):
+        store.delete(job_id)
+    with pytest.raises(NotFound):
+        store.folder(job_id)
+    assert (tmp_path / "jobs.sqlite3").exists() and store.folder(kept.id).is_dir()
+    assert store.get(kept.id).state == "queued"
+
+
+def test_delete_never_removes_a_folder_outside_the_jobs_folder(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    job_id = "0" * 32
+    (tmp_path / "jobs" / job_id).symlink_to(outside)  # a job folder that resolves elsewhere
+    with pytest.raises(ValueError, match="not a job folder"):
+        store.delete(job_id)
+    assert outside.is_dir()
+
+
+def test_queued_jobs_and_their_bytes_are_bounded(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+
+    def upload(size: int) -> list[tuple[str, Path]]:
+        path = tmp_path / f"upload-{size}-{len(list(tmp_path.iterdir()))}"
+        path.write_bytes(b"x" * size)
+        return [("ct.nii.gz", path)]
+
+    store.create({}, upload(600), max_jobs=2, max_bytes=1000)
+    with pytest.raises(Busy, match="hold 600 bytes of uploads and this one 500 bytes") as full:
+        store.create({}, upload(500), max_jobs=2, max_bytes=1000)
+    assert full.value.retry_after_s == 30  # no run to learn from yet
+    store.create({}, upload(400), max_jobs=2, max_bytes=1000)
+    with pytest.raises(Busy, match="2 jobs are queued"):
+        store.create({}, upload(1), max_jobs=2, max_bytes=1000)
+    assert store.queued() == (2, 1000)
+    assert len(list((tmp_path / "jobs").iterdir())) == 2  # refused uploads leave no folder
+    store.claim_next()  # a running job no longer counts
+    store.create({}, upload(1), max_jobs=2, max_bytes=1000)
+
+
+def test_a_failed_create_leaves_no_folder_and_orphans_expire(tmp_path: Path, monkeypatch) -> None:
+    store = JobStore(tmp_path)
+    path = tmp_path / "upload"
+    path.write_bytes(b"x")
+
+    def full_disk(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("service.jobs.shutil.move", full_disk)
+        with pytest.raises(OSError):
+            store.create({}, [("ct.nii.gz", path)])
+    assert list((tmp_path / "jobs").iterdir()) == []
+    orphan = tmp_path / "jobs" / ("f" * 32)  # as a crash between folder and row leaves it
+    orphan.mkdir()
+    kept = store.create({}, [])
+    os.utime(orphan, (0, 0))
+    os.utime(store.folder(kept.id), (0, 0))  # old, but it has its row
+    store.expire(ttl_s=60)
+    assert not orphan.exists() and store.folder(kept.id).is_dir()
+
+
+def test_a_long_unicode_file_name_is_stored_in_a_short_ascii_one(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    path = tmp_path / "upload"
+    path.write_bytes(b"x")
+    name = "Leber-Übersicht-" + "é" * 70 + ".nii.gz"  # > 255 bytes as UTF-8
+    record = store.create({}, [(name, path)])
+    [(stored, stored_path)] = store.inputs(record.id)
+    assert stored_path.read_bytes() == b"x"
+    assert stored == "Leber-bersicht-.nii.gz" and stored_name("../../x\\evil.dcm") == "evil.dcm"
+
+
+def test_a_job_that_stops_the_service_at_every_start_fails_after_the_tries(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    job = store.create({}, [])
+    for start in (1, 2, 3):
+        assert store.claim_next().tries == start  # the service runs it ... and dies
+        store.close()
+        store = JobStore(tmp_path)  # the restart
+        requeued, failed = store.requeue_interrupted(max_tries=3)
+        assert (requeued, failed) == ((1, 0) if start < 3 else (0, 1))
+    record = store.get(job.id)
+    assert record.state == "failed" and record.error == "worker_lost"
+    assert record.detail.startswith("The job was started 3 time(s) and each time the service stopped")
+
+
+OLD_SCHEMA = """CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL,
+    finished_at REAL, progress REAL NOT NULL DEFAULT 0, params TEXT NOT NULL, summary TEXT,
+    error TEXT, detail TEXT
+)"""  # the table as every version before the schema was versioned wrote it
+
+
+def test_a_database_of_the_unversioned_schema_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        db.execute(OLD_SCHEMA)
+        db.execute(
+            "INSERT INTO jobs (id, state, created_at, finished_at, params, summary) VALUES (?, 'done', 1, 2, '{}', ?)",
+            ("a" * 32, json.dumps({"liver_volume_ml": 1500.0})),
+        )
+        db.execute("INSERT INTO jobs (id, state, created_at, params) VALUES (?, 'queued', 3, '{}')", ("b" * 32,))
+    store = JobStore(tmp_path)
+    assert store.get("a" * 32).summary == {"liver_volume_ml": 1500.0}
+    assert store.claim_next().id == "b" * 32
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [(b"", "is empty (0 bytes)"), (b"this is not a database" * 100, "is damaged (file is not a database)")],
+)
+def test_a_damaged_or_emptied_database_is_refused_with_what_to_do(tmp_path: Path, content: bytes, says: str) -> None:
+    (tmp_path / "jobs.sqlite3").write_bytes(content)
+    with pytest.raises(JobsDatabaseError, match=re.escape(says)) as refused:
+        JobStore(tmp_path)
+    assert "the job files under" in str(refused.value)
+    assert (tmp_path / "jobs.sqlite3").read_bytes() == content  # nothing was changed
+
+
+def test_a_database_of_a_newer_version_is_refused(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(JobsDatabaseError, match="written by a newer liverseg"):
+        JobStore(tmp_path)
