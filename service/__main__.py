@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import uvicorn
 
 from service.app import create_app
+from service.jobs import JobsDatabaseError, JobStore
 from service.settings import Settings
 
 
@@ -19,6 +21,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = defaults.model_copy(update={"host": args.host, "port": args.port})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # a damaged jobs database: one line and exit 1, not a traceback from the app's startup
+        JobStore(settings.data_dir).close()
+    except JobsDatabaseError as error:
+        sys.exit(f"liverseg: {error}")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
 
 

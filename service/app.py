@@ -30,6 +30,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # The store first: a damaged database stops startup before any thread runs, so the
+        # process exits instead of hanging on the worker's thread.
+        store = JobStore(settings.data_dir)
         worker = InferenceWorker(device=settings.device, queue_size=settings.queue_size, model_dir=settings.model_dir)
         try:
             worker.start(warm=[settings.model])
@@ -37,14 +40,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.exception("could not load the default model %r", settings.model)
             worker.start(warm=[])
             worker.ready = False
-        store = JobStore(settings.data_dir)
-        if settings.queue_url:  # scale-out: jobs go to Redis, queue workers run them (service.queue_worker)
-            from service.job_queue import QueueDispatcher
+        try:
+            if settings.queue_url:  # scale-out: jobs go to Redis, queue workers run them (service.queue_worker)
+                from service.job_queue import QueueDispatcher
 
-            runner = await QueueDispatcher.connect(store, settings)
-        else:
-            runner = JobRunner(store, worker, settings)
-            runner.start()
+                runner = await QueueDispatcher.connect(store, settings)
+            else:
+                runner = JobRunner(store, worker, settings)
+                runner.start()
+        except BaseException:
+            worker.stop()
+            store.close()
+            raise
         app.state.settings, app.state.worker, app.state.jobs, app.state.runner = settings, worker, store, runner
         log.info("liverseg ready on %s with %s", worker.device, settings.model)
         yield
@@ -55,7 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker.stop()
         store.close()
 
-    app = FastAPI(title="liverseg", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # A DICOM series comes as one multipart part per file: allow as many parts as an upload may
+    # hold files (Starlette's default of 1000 answered a 1,001-slice series with 400).
+    app = FastAPI(
+        title="liverseg", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+        form_limits={"max_files": settings.max_zip_members},
+    )
     app.state.settings = settings
     app.state.metrics = metrics = Metrics()
     errors.install(app)

@@ -55,7 +55,15 @@ async def _validation(_: Request, error: RequestValidationError) -> JSONResponse
     return error_response(422, "invalid_request", "; ".join(parts) or "The request is not valid.")
 
 
-async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    if error.status_code == 400 and str(error.detail).startswith("Too many files"):
+        # Starlette's multipart parser refusing parts beyond the app's form_limits: a limit of ours.
+        limit = request.app.state.settings.max_zip_members
+        return error_response(
+            413, "too_large",
+            f"The upload has more than {limit} files; this service accepts at most {limit} in one upload "
+            "(LIVERSEG_MAX_ZIP_MEMBERS): zip the series.",
+        )
     codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
     return error_response(
         error.status_code, codes.get(error.status_code, f"http_{error.status_code}"), str(error.detail),

@@ -20,14 +20,20 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"model": ErrorBody}})
-def readyz(worker: WorkerDep, settings: SettingsDep) -> JSONResponse:
-    """The default model is loaded and warmed, and the worker takes work."""
+def readyz(worker: WorkerDep, settings: SettingsDep, jobs: JobsDep) -> JSONResponse:
+    """The default model is loaded and warmed, and the worker takes work; `queue_depth` counts all
+    work waiting: /segment requests at the worker and queued jobs (in any worker's queue)."""
     if not worker.ready:
         return JSONResponse(
             {"error": "not_ready", "detail": f"The model {settings.model!r} is not loaded (see the service log)."},
             status_code=503, headers={"Retry-After": "5"},
         )
-    return JSONResponse({"status": "ready", "model": settings.model, "device": worker.device, "queue_depth": worker.queue_depth})
+    jobs_queued = jobs.counts()["queued"]
+    return JSONResponse({
+        "status": "ready", "model": settings.model, "device": worker.device,
+        "queue_depth": worker.queue_depth + jobs_queued,
+        "requests_waiting": worker.queue_depth, "jobs_queued": jobs_queued,
+    })
 
 
 @router.get("/metrics", response_class=Response)

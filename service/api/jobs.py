@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
@@ -15,13 +16,27 @@ from service.api.segment import ERRORS, FileField, FilesField
 from service.api.uploads import collect, spool
 from service.errors import NotFound, NotReady, UnsupportedOutput
 from service.job_runner import CONFIDENCE, MASK, NO_SEG, PREVIEW, SEG
-from service.jobs import JobRecord, JobStore
-from service.requests import SegmentParams
+from service.jobs import JobRecord, JobStore, is_job_id, not_found
+from service.pipeline import check_options
+from service.requests import SegmentParams, inference_options
 from service.results import warnings_header
 from service.schemas import ErrorBody, Job
 from service.worker import InferenceWorker
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
+
+
+def job_id_in_path(
+    job_id: Annotated[str, PathParam(description="The id POST /jobs gave (32 hex digits).")],
+) -> str:
+    """Every /jobs/{id} route's id, refused (404) unless it has the store's own form, before it
+    names a row or a folder: `..` once named the whole data dir."""
+    if not is_job_id(job_id):
+        raise not_found(job_id)
+    return job_id
+
+
+JobId = Annotated[str, Depends(job_id_in_path)]
 
 
 def estimated_seconds_left(
@@ -66,7 +81,7 @@ def _job(record: JobRecord, store: JobStore, worker: InferenceWorker) -> Job:
 def _record(store: JobStore, job_id: str) -> JobRecord:
     record = store.get(job_id)
     if record is None:
-        raise NotFound(f"No job {job_id!r}: it never existed, was deleted, or expired.")
+        raise not_found(job_id)
     return record
 
 
@@ -97,11 +112,14 @@ async def create_job(
     parts = collect(file, files)
     if params.output not in ("nifti", "json"):
         raise UnsupportedOutput("A job makes every output; fetch them from its links (leave 'output' out).")
-    worker.check_model(params.model or settings.model)
+    card = worker.check_model(params.model or settings.model)
+    check_options(card, inference_options(params, settings))  # refused now, not failed after the 202
+    limits = {"max_jobs": settings.max_queued_jobs, "max_bytes": settings.max_queued_bytes}
+    await run_in_threadpool(store.check_room, **limits)  # before spooling: a full queue costs no disk
     with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.data_dir) as folder:
         uploads = await run_in_threadpool(spool, parts, Path(folder))
         record = await run_in_threadpool(
-            store.create, params.model_dump(), [(u.filename, u.path) for u in uploads]
+            store.create, params.model_dump(), [(u.filename, u.path) for u in uploads], **limits
         )
     await runner.submit(record.id)
     response.headers["Location"] = f"/jobs/{record.id}"
@@ -109,19 +127,19 @@ async def create_job(
 
 
 @router.get("/{job_id}", response_model=Job, responses={404: {"model": ErrorBody}})
-def get_job(job_id: str, store: JobsDep, worker: WorkerDep) -> Job:
+def get_job(job_id: JobId, store: JobsDep, worker: WorkerDep) -> Job:
     """Where a job stands: state, progress 0-1, queue position, and its summary once done."""
     return _job(_record(store, job_id), store, worker)
 
 
 @router.get("/{job_id}/mask", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
-def get_mask(job_id: str, store: JobsDep) -> FileResponse:
+def get_mask(job_id: JobId, store: JobsDep) -> FileResponse:
     """The liver mask, .nii.gz uint8 on the input's exact grid."""
     return FileResponse(_finished_file(store, job_id, MASK, "mask"), media_type="application/gzip", filename="liver_mask.nii.gz")
 
 
 @router.get("/{job_id}/confidence", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
-def get_confidence(job_id: str, store: JobsDep) -> FileResponse:
+def get_confidence(job_id: JobId, store: JobsDep) -> FileResponse:
     """The confidence map, .nii.gz float32 in [0, 1] on the input's grid (jobs made with confidence=true)."""
     return FileResponse(
         _finished_file(store, job_id, CONFIDENCE, "confidence map"), media_type="application/gzip",
@@ -133,7 +151,7 @@ def get_confidence(job_id: str, store: JobsDep) -> FileResponse:
     "/{job_id}/seg", response_class=FileResponse,
     responses={status: {"model": ErrorBody} for status in (404, 409, 422)},
 )
-def get_seg(job_id: str, store: JobsDep) -> FileResponse:
+def get_seg(job_id: JobId, store: JobsDep) -> FileResponse:
     """The liver as a DICOM SEG referencing the uploaded series; 422 when the input was not DICOM."""
     record = _record(store, job_id)
     warnings = ((record.summary or {}).get("input") or {}).get("warnings") or []
@@ -152,16 +170,16 @@ def get_seg(job_id: str, store: JobsDep) -> FileResponse:
 
 
 @router.get("/{job_id}/preview.png", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
-def get_preview(job_id: str, store: JobsDep) -> FileResponse:
+def get_preview(job_id: JobId, store: JobsDep) -> FileResponse:
     """Axial and coronal slices with the mask (and confidence) drawn over the CT."""
     return FileResponse(_finished_file(store, job_id, PREVIEW, "preview"), media_type="image/png")
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses={404: {"model": ErrorBody}})
-def delete_job(job_id: str, store: JobsDep) -> Response:
+def delete_job(job_id: JobId, store: JobsDep) -> Response:
     """Forget a job and delete its files (a running job finishes, then its results are dropped)."""
     if not store.delete(job_id):
-        raise NotFound(f"No job {job_id!r}.")
+        raise not_found(job_id)
     return Response(status_code=204)
 
 

@@ -16,6 +16,7 @@ from service.api.deps import MetricsDep, SettingsDep, WorkerDep, require_api_key
 from service.api.uploads import collect, spool
 from service.errors import Busy, UnsupportedOutput
 from service.io.decode import decode_upload
+from service.pipeline import check_options
 from service.requests import SegmentParams, inference_options
 from service.results import build_summary, encode_output, summary_headers
 from service.schemas import ErrorBody, Summary
@@ -50,7 +51,8 @@ async def segment(
     """Segment the liver in one CT and answer when it is done (large studies: use /jobs)."""
     parts = collect(file, files)
     model_name = params.model or settings.model
-    worker.check_model(model_name)
+    options = inference_options(params, settings)
+    check_options(worker.check_model(model_name), options)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.data_dir) as folder:
         uploads = await run_in_threadpool(spool, parts, Path(folder))
@@ -62,7 +64,7 @@ async def segment(
             "Ask for output=nifti instead."
         )
 
-    future = worker.submit(SegmentTask(volume.image, model_name, inference_options(params, settings)))
+    future = worker.submit(SegmentTask(volume.image, model_name, options))
     try:
         result = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
     except TimeoutError:

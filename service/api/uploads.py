@@ -6,9 +6,15 @@ import shutil
 from pathlib import Path
 
 from fastapi import UploadFile
+from starlette.formparsers import MultiPartParser
 
 from service.errors import UnsupportedFormat
 from service.io.decode import Upload
+
+# Starlette keeps each uploaded part in memory up to 1 MiB before it rolls over to a temporary
+# file: a 3,000-slice series of half-megabyte DICOM files would sit in RAM whole. 64 kB a part
+# bounds it to ~200 MB at the part limit; the spooled parts are read once, in chunks, anyway.
+MultiPartParser.spool_max_size = 64 * 1024
 
 
 def collect(file: UploadFile | None, files: list[UploadFile] | None) -> list[UploadFile]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.jobs import JobsDatabaseError
 from service.settings import Settings
 from tests.conftest import ORIENTATIONS, TINY, nifti_bytes, read_nifti, sphere_ct, wait_for_job
 
@@ -146,3 +149,58 @@ def test_a_failed_job_says_why(client) -> None:
     assert job["state"] == "failed" and job["error"]["error"] in ("unsupported_format", "invalid_volume")
     mask = client.get(f"{accepted.headers['location']}/mask")
     assert mask.status_code == 409 and "failed" in mask.json()["detail"]
+
+
+def test_post_jobs_answers_503_with_retry_after_once_the_queue_is_full(settings, ct_bytes) -> None:
+    _, data = ct_bytes
+    bounded = settings.model_copy(update={"max_queued_jobs": 3})
+    with TestClient(create_app(bounded)) as client:
+        client.app.state.runner.stop()  # nothing runs: every job accepted stays queued
+        answers = [client.post("/jobs", files={"file": ("ct.nii.gz", data)}) for _ in range(5)]
+        assert [a.status_code for a in answers] == [202, 202, 202, 503, 503]
+        busy = answers[-1]
+        assert busy.json()["error"] == "busy" and "LIVERSEG_MAX_QUEUED_JOBS" in busy.json()["detail"]
+        assert int(busy.headers["retry-after"]) >= 1
+        ready = client.get("/readyz").json()
+        assert (ready["queue_depth"], ready["jobs_queued"], ready["requests_waiting"]) == (3, 3, 0)
+        # Refused uploads leave nothing on disk: three job folders and no spooled upload.
+        assert len(list((bounded.data_dir / "jobs").iterdir())) == 3
+        assert not list(bounded.data_dir.glob("upload-*"))
+
+
+def test_post_jobs_bounds_the_bytes_queued_jobs_hold(settings, ct_bytes) -> None:
+    _, data = ct_bytes
+    bounded = settings.model_copy(update={"max_queued_bytes": len(data) * 3 // 2})
+    with TestClient(create_app(bounded)) as client:
+        client.app.state.runner.stop()
+        answers = [client.post("/jobs", files={"file": ("ct.nii.gz", data)}) for _ in range(2)]
+        assert [a.status_code for a in answers] == [202, 503]
+        assert "LIVERSEG_MAX_QUEUED_BYTES" in answers[1].json()["detail"]
+
+
+def test_depth_for_a_unet_is_refused_before_anything_is_accepted(client, ct_bytes) -> None:
+    _, data = ct_bytes
+    job = client.post("/jobs", params={"depth": 2}, files={"file": ("ct.nii.gz", data)})
+    assert job.status_code == 422, job.text
+    assert job.json()["error"] == "invalid_option" and "UNet++ models only" in job.json()["detail"]
+    assert client.get("/jobs").json() == {"queued": 0, "running": 0, "done": 0, "failed": 0}
+    # Before the upload is even decoded: a file that is no CT gets the option's answer.
+    now = client.post("/segment", params={"depth": 2}, files={"file": ("ct.nii.gz", b"not a CT")})
+    assert now.status_code == 422 and now.json()["error"] == "invalid_option"
+
+
+def test_a_job_whose_file_name_is_long_unicode_runs(client, ct_bytes) -> None:
+    _, data = ct_bytes
+    # 70 letters of 4 bytes each in UTF-8: a folder entry longer than 255 bytes gave a 500.
+    accepted = client.post("/jobs", files={"file": ("\U0001d400" * 70 + ".nii.gz", data)})
+    assert accepted.status_code == 202, accepted.text
+    assert wait_for_job(client, accepted.headers["location"], timeout=60)["state"] == "done"
+
+
+def test_a_damaged_jobs_database_stops_startup_and_leaves_no_thread(settings) -> None:
+    settings.data_dir.mkdir(parents=True)
+    (settings.data_dir / "jobs.sqlite3").write_bytes(b"not a database" * 100)
+    with pytest.raises(JobsDatabaseError, match="is damaged"), TestClient(create_app(settings)):
+        pass
+    # The worker's thread (not a daemon) once started before the store failed, and the process hung.
+    assert not [t for t in threading.enumerate() if t.name.startswith("liverseg-")]

@@ -1,0 +1,97 @@
+"""Hostile and oversized requests on /jobs against a real uvicorn: ids that name other paths,
+more files than Starlette's default, parts held in memory, and a damaged jobs database."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ORIENTATIONS, REPO, nifti_bytes, sphere_ct, wait_for_job
+from tests.e2e.conftest import process_env, tiny_service_env
+
+pytestmark = pytest.mark.slow
+
+# What the probe sent (`curl --path-as-is`), encoded forms uvicorn decodes to the same, and ids
+# of the wrong form or length.
+BAD_IDS = [".", "..", "%2e%2e", "%2E%2E", ".%2e", "A" * 32, "0" * 31, "x" * 5000]
+ROUTES = [("GET", ""), ("GET", "/mask"), ("GET", "/confidence"), ("GET", "/seg"), ("GET", "/preview.png"), ("DELETE", "")]
+
+
+def raw(server, method: str, path: str) -> tuple[int, dict]:
+    """One request with the path exactly as given (httpx would resolve the dots first)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+def test_ids_that_are_not_job_ids_get_404_on_every_route_and_delete_nothing(server_factory, tmp_path) -> None:
+    server = server_factory().start()
+    ct, _ = sphere_ct(ORIENTATIONS["LPS"], size_xyz=(24, 24, 12))
+    with server.client() as client:
+        accepted = client.post("/jobs", files={"file": ("ct.nii.gz", nifti_bytes(ct))})
+        job_url = accepted.headers["location"]
+        assert wait_for_job(client, job_url, timeout=60)["state"] == "done"
+        for job_id in BAD_IDS:
+            for method, tail in ROUTES:
+                status, body = raw(server, method, f"/jobs/{job_id}{tail}")
+                assert (status, body.get("error")) == (404, "not_found"), (method, job_id, tail, body)
+        data = tmp_path / "var"
+        assert (data / "jobs.sqlite3").exists() and (data / "jobs" / job_url.rsplit("/", 1)[1] / "mask.nii.gz").exists()
+        assert client.get(job_url).json()["state"] == "done"
+        assert client.get(f"{job_url}/mask").status_code == 200
+
+
+def _peak_rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
+def test_a_series_of_1500_files_is_parsed_with_bounded_memory(server_factory) -> None:
+    server = server_factory().start()
+    part = bytes(100_000)  # each part larger than the 64 kB kept in memory; none of them DICOM
+    with server.client() as client:
+        before = _peak_rss_kb(server.process.pid)
+        answer = client.post("/segment", files=[("files", (f"{i:04d}.dcm", part)) for i in range(1500)])
+        after = _peak_rss_kb(server.process.pid)
+    # The decoder's answer, not the multipart parser's 400 at 1,000 files.
+    assert answer.status_code == 415 and "1500 files" in answer.json()["detail"], answer.text
+    # 150 MB went through; with Starlette's 1 MiB per part in memory the peak grew by all of it.
+    assert (after - before) / 1024 < 75, f"peak RSS grew by {(after - before) / 1024:.0f} MB"
+
+
+def test_more_files_than_an_upload_may_hold_is_413(server_factory) -> None:
+    server = server_factory(max_zip_members=1100).start()
+    with server.client() as client:  # past Starlette's default of 1000 and past our limit
+        answer = client.post("/segment", files=[("files", (f"{i}.dcm", b"x")) for i in range(1200)])
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"] == "too_large" and "LIVERSEG_MAX_ZIP_MEMBERS" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(("content", "says"), [(b"", "is empty (0 bytes)"), (b"garbage" * 500, "is damaged")])
+def test_a_damaged_jobs_database_exits_at_once_with_one_line(
+    tiny_checkpoint_dir, tmp_path, content: bytes, says: str
+) -> None:
+    data = tmp_path / "var"
+    data.mkdir()
+    (data / "jobs.sqlite3").write_bytes(content)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "1"], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=process_env(tiny_service_env(tiny_checkpoint_dir, data, "info")),
+    )
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 60
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("liverseg: The jobs database") and says in lines[0], lines
+    assert (data / "jobs.sqlite3").read_bytes() == content
