@@ -124,7 +124,7 @@ def test_a_long_unicode_file_name_is_stored_in_a_short_ascii_one(tmp_path: Path)
     store = JobStore(tmp_path)
     path = tmp_path / "upload"
     path.write_bytes(b"x")
-    name = "Leber-Übersicht-" + "é" * 70 + ".nii.gz"  # > 255 bytes as UTF-8
+    name = "Leber-Übersicht-" + "\U0001d400" * 70 + ".nii.gz"  # 70 letters of 4 bytes: > 255 bytes
     record = store.create({}, [(name, path)])
     [(stored, stored_path)] = store.inputs(record.id)
     assert stored_path.read_bytes() == b"x"
