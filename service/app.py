@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from service.api import errors, health, jobs, models, segment
+from service.api import errors
 from service.api.body_limit import BodyLimitMiddleware
+from service.api.routes import health, jobs, models, segment
 from service.job_runner import JobRunner
 from service.jobs import JobStore
 from service.metrics import Metrics

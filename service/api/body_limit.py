@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-
-class _BodyTooLarge(HTTPException):
-    """An HTTPException, so that FastAPI's body parsing re-raises it rather than answering 400."""
-
-    def __init__(self, max_bytes: int):
-        super().__init__(413, _detail(max_bytes))
+from service.api.errors import domain_response
+from service.errors import TooLarge, format_bytes
 
 
-def _detail(max_bytes: int) -> str:
-    return f"The upload is larger than the limit of {max_bytes} bytes (LIVERSEG_MAX_UPLOAD_BYTES)."
+def _too_large(max_bytes: int) -> TooLarge:
+    return TooLarge(
+        f"The upload is larger than the limit of {format_bytes(max_bytes)} ({max_bytes} bytes, "
+        "LIVERSEG_MAX_UPLOAD_BYTES)."
+    )
 
 
 class BodyLimitMiddleware:
-    """413 as soon as Content-Length, or the bytes actually received, pass `max_bytes`."""
+    """413 as soon as Content-Length, or the bytes actually received, pass `max_bytes`.
+
+    A declared length is refused here, before the app runs; bytes beyond the limit raise the
+    domain error from `receive`, inside the route that reads the body, and the app's handlers
+    answer it like any other (FastAPI keeps it as the cause of its body-parsing error).
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -31,10 +32,11 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope.get("headers") or {}).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            response = domain_response(_too_large(self.max_bytes))
+            response.headers["Connection"] = "close"  # the unread body is not wanted
+            await response(scope, receive, send)
             return
         received = 0
-        started = False
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -42,27 +44,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge(self.max_bytes)
+                    raise _too_large(self.max_bytes)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({
-            "error": "too_large",
-            "detail": _detail(self.max_bytes),
-        }).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]})
-        await send({"type": "http.response.body", "body": body})
+        await self.app(scope, counting_receive, send)

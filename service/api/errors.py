@@ -38,13 +38,18 @@ def status_of(error: errors.LiversegError) -> int:
     return 400
 
 
-async def _domain(_: Request, error: errors.LiversegError) -> JSONResponse:
+def domain_response(error: errors.LiversegError) -> JSONResponse:
+    """The answer to a domain error: its status, the JSON body, and Retry-After or WWW-Authenticate."""
     headers = None
     if isinstance(error, errors.Busy):
         headers = {"Retry-After": str(error.retry_after_s)}
     elif isinstance(error, errors.Unauthorized):
         headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'}
     return error_response(status_of(error), error.code, error.detail, headers)
+
+
+async def _domain(_: Request, error: errors.LiversegError) -> JSONResponse:
+    return domain_response(error)
 
 
 async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -56,6 +61,8 @@ async def _validation(_: Request, error: RequestValidationError) -> JSONResponse
 
 
 async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    if (cause := _domain_cause(error)) is not None:
+        return domain_response(cause)
     if error.status_code == 400 and str(error.detail).startswith("Too many files"):
         # Starlette's multipart parser refusing parts beyond the app's form_limits: a limit of ours.
         limit = request.app.state.settings.max_zip_members
@@ -69,6 +76,18 @@ async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse
         error.status_code, codes.get(error.status_code, f"http_{error.status_code}"), str(error.detail),
         getattr(error, "headers", None),
     )
+
+
+def _domain_cause(error: Exception) -> errors.LiversegError | None:
+    """The domain error raised while FastAPI read the body (the upload limit, from `receive`),
+    which FastAPI re-raises as a 400; Starlette's form parser may wrap it in an ExceptionGroup."""
+    cause = error.__cause__
+    while isinstance(cause, ExceptionGroup):
+        domain, other = cause.split(errors.LiversegError)
+        if domain is None or other is not None:
+            return None
+        cause = domain.exceptions[0]
+    return cause if isinstance(cause, errors.LiversegError) else None
 
 
 async def _unexpected(_: Request, error: Exception) -> JSONResponse:

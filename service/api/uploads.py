@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import UploadFile
+from fastapi import File, UploadFile
 from starlette.formparsers import MultiPartParser
 
 from service.errors import UnsupportedFormat
@@ -15,6 +16,9 @@ from service.io.decode import Upload
 # file: a 3,000-slice series of half-megabyte DICOM files would sit in RAM whole. 64 kB a part
 # bounds it to ~200 MB at the part limit; the spooled parts are read once, in chunks, anyway.
 MultiPartParser.spool_max_size = 64 * 1024
+
+FileField = Annotated[UploadFile | None, File(description="One CT: .nii, .nii.gz, .mha, .nrrd, or a .zip of one DICOM series.")]
+FilesField = Annotated[list[UploadFile] | None, File(description="The DICOM files of one series, repeated.")]
 
 
 def collect(file: UploadFile | None, files: list[UploadFile] | None) -> list[UploadFile]:

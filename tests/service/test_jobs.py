@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.api.jobs import estimated_seconds_left
+from service.api.routes.jobs import estimated_seconds_left
 from service.errors import Busy, NotFound
 from service.jobs import SCHEMA_VERSION, JobsDatabaseError, JobStore, stored_name
 

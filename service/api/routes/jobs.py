@@ -12,8 +12,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
 from service.api.deps import JobsDep, RunnerDep, SettingsDep, WorkerDep, require_api_key
-from service.api.segment import ERRORS, FileField, FilesField
-from service.api.uploads import collect, spool
+from service.api.responses import ERRORS
+from service.api.uploads import FileField, FilesField, collect, spool
 from service.errors import NotFound, NotReady, UnsupportedOutput
 from service.job_runner import CONFIDENCE, MASK, NO_SEG, PREVIEW, SEG
 from service.jobs import JobRecord, JobStore, is_job_id, not_found

@@ -95,3 +95,29 @@ def test_a_damaged_jobs_database_exits_at_once_with_one_line(
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("liverseg: The jobs database") and says in lines[0], lines
     assert (data / "jobs.sqlite3").read_bytes() == content
+
+
+def test_a_body_over_the_upload_limit_is_413_declared_or_streamed(server_factory) -> None:
+    server = server_factory(max_upload_bytes=100_000).start()
+    boundary = "liverseg-test"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="ct.nii.gz"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    body = head + bytes(300_000) + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    def chunks():  # no Content-Length: the limit is found while the bytes arrive
+        for start in range(0, len(body), 16_384):
+            yield body[start : start + 16_384]
+
+    with server.client() as client:
+        declared = client.post("/segment", content=body, headers=headers)
+        streamed = client.post("/segment", content=chunks(), headers=headers)
+        assert client.get("/healthz").status_code == 200
+    for answer in (declared, streamed):
+        assert answer.status_code == 413, answer.text
+        assert answer.json() == {
+            "error": "too_large",
+            "detail": "The upload is larger than the limit of 97.7 kB (100000 bytes, LIVERSEG_MAX_UPLOAD_BYTES).",
+        }

@@ -8,25 +8,22 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from service.api.deps import MetricsDep, SettingsDep, WorkerDep, require_api_key
-from service.api.uploads import collect, spool
+from service.api.responses import ERRORS
+from service.api.uploads import FileField, FilesField, collect, spool
 from service.errors import Busy, UnsupportedOutput
 from service.io.decode import decode_upload
 from service.pipeline import check_options
 from service.requests import SegmentParams, inference_options
 from service.results import build_summary, encode_output, summary_headers
-from service.schemas import ErrorBody, Summary
+from service.schemas import Summary
 from service.worker import SegmentTask
 
 router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
-
-ERRORS = {status: {"model": ErrorBody} for status in (401, 404, 413, 415, 422, 503)}
-FileField = Annotated[UploadFile | None, File(description="One CT: .nii, .nii.gz, .mha, .nrrd, or a .zip of one DICOM series.")]
-FilesField = Annotated[list[UploadFile] | None, File(description="The DICOM files of one series, repeated.")]
 
 
 @router.post(

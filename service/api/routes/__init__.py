@@ -1,0 +1,1 @@
+"""One router per resource; routes import shared pieces from service.api, never each other."""
