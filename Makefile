@@ -2,32 +2,46 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Pinned here, loose in pyproject: on these machines 2.13.0 is a local CPU build; GPU hosts may
-# override, e.g. `make serve TORCH_SPEC=torch==2.13.0 --index-url ...`.
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# Pinned here, loose in pyproject: on these machines 2.13.0 is a local CPU build. GPU hosts give
+# their own, words and all: `make serve TORCH_SPEC="torch==2.13.0 --index-url https://..."`.
 TORCH_SPEC ?= torch==2.13.0
+# Each word of TORCH_SPEC quoted on its own, so that pip gets them apart and the shell keeps "<", ">".
+TORCH_ARGS := $(foreach word,$(TORCH_SPEC),'$(word)')
 
-.PHONY: install serve test bench lint clean
+.PHONY: install install-dev serve test bench lint clean FORCE
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# What torch was asked for, rewritten only when it changes: a new TORCH_SPEC installs torch again.
+$(VENV)/.torch-spec: FORCE
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo $(TORCH_ARGS) | cmp -s - $@ || echo $(TORCH_ARGS) > $@
+
+# Serving needs the project's own dependencies only (no test or benchmark tools).
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch-spec
+	$(PIP) $(TORCH_ARGS)
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
 
+install-dev: $(VENV)/.installed-dev
+
 serve: install
 	$(PY) -m service
 
-test: install
+test: install-dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
-bench: install
+bench: install-dev
 	$(PY) bench/sliding_window.py
 	$(PY) bench/service.py
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check .
 
 clean:

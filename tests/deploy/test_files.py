@@ -169,9 +169,9 @@ def test_the_image_installs_the_project_as_the_makefile_does() -> None:
     (torch,) = [Requirement(r) for r in PYPROJECT["project"]["dependencies"] if Requirement(r).name == "torch"]
     assert torch.specifier.contains(pin)
 
-    # The Makefile: the torch pin, then the project with the dev extra.
-    make_installs = re.findall(r"pip install .*?(\S+)$", MAKEFILE, re.M)
-    assert make_installs == ['"$(TORCH_SPEC)"', "'.[dev]'"], make_installs
+    # The Makefile: the torch pin, the project (serving), then its dev extra (tests).
+    make_installs = re.findall(r"^\t\$\(PIP\) (.+)$", MAKEFILE, re.M)
+    assert make_installs == ["$(TORCH_ARGS)", "-e .", "-e '.[dev]'"], make_installs
     dev_extras = set()
     for requirement in map(Requirement, PYPROJECT["project"]["optional-dependencies"]["dev"]):
         if requirement.name == PYPROJECT["project"]["name"]:
@@ -210,8 +210,8 @@ def test_the_image_installs_the_project_as_the_makefile_does() -> None:
 def test_the_readme_installs_with_the_makefile() -> None:
     readme = (REPO / "README.md").read_text()
     assert "make serve" in readme and "make test" in readme
-    for target in ("serve", "test"):
-        assert re.search(rf"^{target}: install$", MAKEFILE, re.M), f"make {target} must install first"
+    for target, installs in (("serve", "install"), ("test", "install-dev")):
+        assert re.search(rf"^{target}: {installs}$", MAKEFILE, re.M), f"make {target} must {installs} first"
 
 
 def dockerignored(path: str, patterns: list[str]) -> bool:
