@@ -60,6 +60,7 @@ TYPE2_DEFAULTS = {  # patient and study attributes highdicom reads as attributes
     "PatientID": "", "PatientName": "", "PatientBirthDate": "", "PatientSex": "",
     "AccessionNumber": "", "StudyID": "", "StudyDate": "", "StudyTime": "", "ReferringPhysicianName": "",
 }
+_BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UN"}  # values no error message quotes
 
 
 def make_seg(volume: Volume, mask: sitk.Image, card: ModelCard) -> bytes:
@@ -99,8 +100,12 @@ def make_seg(volume: Volume, mask: sitk.Image, card: ModelCard) -> bytes:
         seg = _segmentation(sources, pixels, card)
     except (ValueError, TypeError, AttributeError, KeyError) as problem:
         # highdicom checks the source headers as it copies them; a header it refuses is the
-        # client's data, not our failure: say what it said, and offer the NIfTI mask.
-        log.warning("DICOM SEG refused by highdicom: %s", str(problem)[:300])
+        # client's data, not our failure: tell the client what it said, and offer the NIfTI mask.
+        # The log gets the error's class and the attribute, never the value (a birth date, a name).
+        log.warning(
+            "DICOM SEG refused by highdicom: %s about %s",
+            type(problem).__name__, ", ".join(_attributes_in(problem, sources[0])) or "an attribute it did not name",
+        )
         raise UnsupportedOutput(
             f"A DICOM SEG cannot be made from this series' headers ({str(problem)[:200]}). "
             "Ask for output=nifti instead."
@@ -113,6 +118,21 @@ def make_seg(volume: Volume, mask: sitk.Image, card: ModelCard) -> bytes:
         int(seg.NumberOfFrames), len(sources), len(data), time.perf_counter() - started,
     )
     return data
+
+
+def _attributes_in(problem: Exception, source: pydicom.Dataset) -> list[str]:
+    """Keywords of `source`'s attributes that an error message is about: named in it (as a keyword,
+    or as highdicom's enum, e.g. PatientSexValues), or whose value it quotes."""
+    text = str(problem)
+    found = []
+    for element in source:
+        keyword = element.keyword
+        if not keyword or element.VR in _BULK_VRS:
+            continue
+        value = str(element.value or "")
+        if keyword in text or (value and (f"'{value}'" in text or f'"{value}"' in text)):
+            found.append(keyword)
+    return found
 
 
 def frames_to_sources(datasets: list[pydicom.Dataset], mask: sitk.Image) -> list[pydicom.Dataset]:
