@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import uvicorn
 
 from service.app import create_app
 from service.jobs import JobsDatabaseError, JobStore
+from service.log_setup import configure_logging
 from service.settings import Settings
 
 
@@ -20,12 +20,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port})")
     args = parser.parse_args(argv)
     settings = defaults.model_copy(update={"host": args.host, "port": args.port})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     try:  # a damaged jobs database: one line and exit 1, not a traceback from the app's startup
         JobStore(settings.data_dir).close()
     except JobsDatabaseError as error:
         sys.exit(f"liverseg: {error}")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    # log_config=None: uvicorn configures no handlers of its own, so its access and error lines
+    # go through the root handler above, in the one format and through the patient-data filter.
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None
+    )
 
 
 if __name__ == "__main__":

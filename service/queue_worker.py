@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 from service.job_queue import FUNCTION, QUEUE_NAME, dumps, loads, redis_settings
 from service.job_runner import JobRunner
 from service.jobs import JobsDatabaseError, JobStore, lost_detail
+from service.log_setup import configure_logging
 from service.settings import Settings, get_settings
 from service.worker import InferenceWorker, resolve_device
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     if not settings.queue_url:
         parser.error("LIVERSEG_QUEUE_URL is not set (e.g. redis://redis:6379/0): there is no queue to take jobs from")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     try:  # a damaged jobs database: one line and exit 1, not a traceback from arq's startup
         JobStore(settings.data_dir).close()
     except JobsDatabaseError as error:

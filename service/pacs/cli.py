@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from service.log_setup import configure_logging
 from service.pacs.jobs_client import JobsClient
 from service.pacs.retry import GaveUp, RetryPolicy
 
@@ -100,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `liverseg-pacs`; returns the exit status (1 when a series failed)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # UIDs kept: this runs beside the PACS, and a series UID is how an operator finds a failed one
+    # there; patient names, IDs and dates are redacted as in the service (service/log_setup.py).
+    configure_logging("debug" if args.verbose else "info", keep_uids=True)
     if not args.verbose:  # dicomweb-client logs every request at INFO, pynetdicom every association
         for noisy in ("dicomweb_client", "pynetdicom", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
