@@ -1,0 +1,275 @@
+"""Tests for service/plausibility.py: each check flags a constructed mask with its reason, in every
+orientation, and none that recommends review fires on the real references or on phantom livers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from service.plausibility import (
+    MAX_LIVER_ML,
+    MIN_LIVER_ML,
+    SECOND_COMPONENT_ML,
+    Finding,
+    component_volumes_ml,
+    components_findings,
+    plausibility_findings,
+)
+from tests.conftest import ORIENTATIONS, physical_points
+from train.phantoms import HEART, make_phantom
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SPACING_MM = 4.0
+# The scene, in LPS mm: a right lobe whose top (the dome) is at z = 0 and a heart above it, left of
+# the midline (x = 0) on which the body is centred.
+LIVER = ((-60.0, 0.0, -60.0), (90.0, 80.0, 60.0))  # centre, radii: 1.81 L
+HEART_BLOB = ((30.0, -40.0, 50.0), (55.0, 45.0, 50.0))  # z from 0 to 100, x from -25 to 85
+
+
+def _ct(
+    direction: np.ndarray,
+    *,
+    z_mm: tuple[float, float] = (-150.0, 150.0),
+    half_width_mm: float = 200.0,
+    circle_mm: float | None = None,
+) -> sitk.Image:
+    """A CT (HU, int16) of a box of physical space centred on x = y = 0, rasterised along `direction`.
+
+    An elliptic soft-tissue body (40 HU) with lungs (-850 HU) above z = 0 either side of the
+    mediastinum, air (-1000) around; with `circle_mm`, -2048 outside that in-plane radius, as a
+    scanner fills outside its reconstruction circle.
+    """
+    extent = np.array([2 * half_width_mm, 2 * (half_width_mm - 30.0), z_mm[1] - z_mm[0]])
+    size = (extent // SPACING_MM).astype(int) + 1
+    image = sitk.Image([int(n) for n in size], sitk.sitkInt16)
+    image.SetSpacing((SPACING_MM,) * 3)
+    image.SetDirection(direction.ravel().tolist())
+    centre = np.array([0.0, 0.0, (z_mm[0] + z_mm[1]) / 2])
+    image.SetOrigin((centre - direction @ ((size - 1) / 2 * SPACING_MM)).tolist())
+    p = physical_points(image)
+    body = (p[..., 0] / 170.0) ** 2 + (p[..., 1] / 130.0) ** 2 <= 1.0
+    lungs = body & (p[..., 2] > 0) & (np.abs(p[..., 0]) > 40.0)
+    hu = np.full(p.shape[:3], -1000, np.int16)
+    hu[body], hu[lungs] = 40, -850
+    if circle_mm is not None:
+        hu[np.hypot(p[..., 0], p[..., 1]) > circle_mm] = -2048
+    ct = sitk.GetImageFromArray(hu)
+    ct.CopyInformation(image)
+    return ct
+
+
+def _ellipsoid(centre: tuple[float, ...], radii: tuple[float, ...], scale: float = 1.0) -> Callable:
+    return lambda p: (((p - np.array(centre)) / (np.array(radii) * scale)) ** 2).sum(-1) <= 1.0
+
+
+def _mask(ct: sitk.Image, *shapes: Callable) -> sitk.Image:
+    """A uint8 mask on the CT's grid: the union of shapes, each a predicate on (..., 3) LPS points."""
+    p = physical_points(ct)
+    inside = np.zeros(p.shape[:3], bool)
+    for shape in shapes:
+        inside |= shape(p)
+    mask = sitk.GetImageFromArray(inside.astype(np.uint8))
+    mask.CopyInformation(ct)
+    return mask
+
+
+def _codes(findings: list[Finding], *, review: bool | None = None) -> list[str]:
+    return [f.code for f in findings if review is None or f.recommends_review == review]
+
+
+def _volume_ml(mask: sitk.Image) -> float:
+    return float(sitk.GetArrayViewFromImage(mask).sum()) * SPACING_MM**3 / 1000.0
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_a_whole_normal_liver_has_no_finding(orientation):
+    ct = _ct(ORIENTATIONS[orientation])
+    mask = _mask(ct, _ellipsoid(*LIVER))
+    assert 1700 < _volume_ml(mask) < 1900
+    assert plausibility_findings(mask, ct, [_volume_ml(mask), 3.0]) == []
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_a_heart_blob_above_the_dome_is_mask_in_the_thorax(orientation):
+    ct = _ct(ORIENTATIONS[orientation])
+    findings = plausibility_findings(ct=ct, mask=_mask(ct, _ellipsoid(*LIVER), _ellipsoid(*HEART_BLOB)))
+    assert _codes(findings) == ["mask_in_thorax"]
+    assert findings[0].recommends_review
+    assert "heart" in findings[0].sentence and "left of the midline" in findings[0].sentence
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_a_blob_as_high_on_the_right_side_is_not_in_the_thorax(orientation):
+    # The same blob mirrored to the patient's right is higher than the liver but not on the
+    # heart's side; it raises the right side's top instead.
+    (x, y, z), radii = HEART_BLOB
+    ct = _ct(ORIENTATIONS[orientation])
+    mask = _mask(ct, _ellipsoid(*LIVER), _ellipsoid((-x - 60.0, y, z), radii))
+    assert "mask_in_thorax" not in _codes(plausibility_findings(mask, ct))
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+@pytest.mark.parametrize("end, z_mm", [("top", (-150.0, -85.0)), ("bottom", (-40.0, 150.0))])
+def test_a_liver_cut_by_the_field_of_view_is_a_note_and_its_volume_is_not_checked(orientation, end, z_mm):
+    ct = _ct(ORIENTATIONS[orientation], z_mm=z_mm)
+    mask = _mask(ct, _ellipsoid(*LIVER))
+    assert _volume_ml(mask) < MIN_LIVER_ML  # a whole liver this small would be flagged
+    findings = plausibility_findings(mask, ct)
+    assert findings == [
+        Finding(
+            "liver_cut_by_fov",
+            f"Liver cut off by the field of view at the {end}: its volume is not checked.",
+            recommends_review=False,
+        )
+    ]
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAS"])
+def test_a_liver_cut_in_plane_by_the_grid_or_the_reconstruction_circle_is_cut_at_the_side(orientation):
+    narrow = _ct(ORIENTATIONS[orientation], half_width_mm=130.0)  # the liver reaches x = -150
+    assert _codes(plausibility_findings(_mask(narrow, _ellipsoid(*LIVER)), narrow)) == ["liver_cut_by_fov"]
+    circle = _ct(ORIENTATIONS[orientation], circle_mm=130.0)
+    inside = lambda p: np.hypot(p[..., 0], p[..., 1]) <= 130.0  # noqa: E731
+    mask = _mask(circle, lambda p: _ellipsoid(*LIVER)(p) & inside(p))
+    findings = plausibility_findings(mask, circle)
+    assert [f.sentence for f in findings] == [
+        "Liver cut off by the field of view at the side: its volume is not checked."
+    ]
+    # The same liver clear of the circle is whole.
+    wide = _ct(ORIENTATIONS[orientation], circle_mm=180.0)
+    assert plausibility_findings(_mask(wide, _ellipsoid(*LIVER)), wide) == []
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+@pytest.mark.parametrize("scale, code", [(0.6, "volume_low"), (1.35, "volume_high")])
+def test_a_whole_liver_too_small_or_too_large_is_flagged_with_its_volume(orientation, scale, code):
+    ct = _ct(ORIENTATIONS[orientation])
+    mask = _mask(ct, _ellipsoid(*LIVER, scale=scale))
+    volume = _volume_ml(mask)
+    assert volume < 450 if scale < 1 else volume > MAX_LIVER_ML  # 0.39 L and 4.4 L by hand
+    findings = plausibility_findings(mask, ct)
+    assert _codes(findings) == [code]
+    assert findings[0].recommends_review
+    assert f"Liver volume {volume:.0f} mL" in findings[0].sentence
+
+
+def test_an_empty_mask_is_a_liver_too_small():
+    ct = _ct(ORIENTATIONS["LPS"])
+    assert _codes(plausibility_findings(_mask(ct), ct)) == ["volume_low"]
+
+
+def test_two_large_components_are_flagged_and_small_specks_are_not():
+    assert components_findings([1400.0, SECOND_COMPONENT_ML + 1.0, 0.5]) == [
+        Finding(
+            "several_components",
+            "The liver probability had 2 regions over 30 mL (the second 31 mL beside 1400 mL); "
+            "only the largest was kept, so a lobe may be lost or another organ taken for the liver.",
+            recommends_review=True,
+        )
+    ]
+    assert components_findings([1400.0, SECOND_COMPONENT_ML, 3.0]) == []
+    assert components_findings([1400.0]) == components_findings([]) == []
+    ct = _ct(ORIENTATIONS["RAS"])
+    liver = _mask(ct, _ellipsoid(*LIVER))
+    assert _codes(plausibility_findings(liver, ct, [1800.0, 240.0])) == ["several_components"]
+    assert plausibility_findings(liver, ct, None) == []
+
+
+def test_component_volumes_are_counted_largest_first():
+    mask = np.zeros((30, 30, 30), bool)
+    mask[1:6, 1:6, 1:6] = True  # 125 voxels
+    mask[10:20, 10:20, 10:20] = True  # 1000 voxels
+    mask[25, 25, 25] = mask[25, 25, 26] = True  # 2 voxels, face-connected
+    mask[28, 28, 28] = mask[29, 29, 29] = True  # 2 voxels touching by a corner only: 2 components
+    assert component_volumes_ml(mask, 0.064) == pytest.approx([64.0, 8.0, 0.128, 0.064, 0.064])
+    assert component_volumes_ml(np.zeros((3, 3, 3), bool), 1.0) == []
+
+
+def test_a_mask_off_the_cts_grid_is_refused():
+    ct = _ct(ORIENTATIONS["LPS"])
+    mask = _mask(_ct(ORIENTATIONS["RAS"]), _ellipsoid(*LIVER))
+    with pytest.raises(ValueError, match="one grid"):
+        plausibility_findings(mask, ct)
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_a_phantoms_heart_added_to_its_liver_is_mask_in_the_thorax(orientation):
+    phantom = make_phantom(
+        3,
+        spacing_xyz_mm=(6.0, 6.0, 6.0),
+        z_range=(-150.0, 150.0),
+        phase="portal",
+        direction=ORIENTATIONS[orientation].ravel().tolist(),
+    )
+    liver = sitk.GetArrayFromImage(phantom.liver).astype(bool)
+    heart = sitk.GetArrayFromImage(phantom.tissues) == HEART
+    assert heart.sum() * 0.216 > 300  # mL: the whole heart is in view
+    with_heart = sitk.GetImageFromArray((liver | heart).astype(np.uint8))
+    with_heart.CopyInformation(phantom.liver)
+
+    assert _codes(plausibility_findings(phantom.liver, phantom.ct), review=True) == []
+    assert _codes(plausibility_findings(with_heart, phantom.ct), review=True) == ["mask_in_thorax"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_phantom_livers_raise_no_review(seed):
+    # The scan the seed draws (often a slab or a cut liver) and the whole liver, on the 4 mm grid
+    # of the bundled model, where the pipeline counts components.
+    for z_range in (None, (-400.0, 150.0)):
+        phantom = make_phantom(seed, spacing_xyz_mm=(4.0, 4.0, 4.0), z_range=z_range)
+        liver = sitk.GetArrayFromImage(phantom.liver).astype(bool)
+        components = component_volumes_ml(liver, 0.064)
+        findings = plausibility_findings(phantom.liver, phantom.ct, components)
+        assert _codes(findings, review=True) == [], (z_range, findings)
+
+
+def _real(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real CT sample not found at {path} (it lives in ../shared/data beside the repo)")
+    return path
+
+
+def _dicom_sample() -> tuple[sitk.Image, sitk.Image]:
+    folder = _real(DATA / "ct-dicom-sample")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder / "dicom")))
+    return reader.Execute(), sitk.ReadImage(str(folder / "liver_mask.nii.gz"))
+
+
+def _ts_example() -> tuple[sitk.Image, sitk.Image]:
+    folder = _real(DATA / "ts-example-ct")
+    return sitk.ReadImage(str(folder / "ct.nii.gz")), sitk.ReadImage(str(folder / "liver_mask.nii.gz"))
+
+
+def _flipped(image: sitk.Image) -> sitk.Image:
+    """The same physical image with its x and y array axes reversed (RAS <-> LPS storage)."""
+    return sitk.Flip(image, [True, True, False])
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    "sample, flip, note",
+    [
+        ("ct-dicom-sample", False, "at the top and at the bottom"),
+        ("ts-example-ct", False, "at the top"),
+        ("ts-example-ct", True, "at the top"),
+    ],
+)
+def test_the_real_reference_masks_raise_no_review_and_are_noted_as_cut(sample, flip, note):
+    ct, reference = _dicom_sample() if sample == "ct-dicom-sample" else _ts_example()
+    if flip:
+        ct, reference = _flipped(ct), _flipped(reference)
+    voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
+    components = component_volumes_ml(sitk.GetArrayFromImage(reference) > 0, voxel_ml)
+    findings = plausibility_findings(reference, ct, components)
+    assert findings == [
+        Finding(
+            "liver_cut_by_fov",
+            f"Liver cut off by the field of view {note}: its volume is not checked.",
+            recommends_review=False,
+        )
+    ]
