@@ -29,11 +29,11 @@ RUN groupadd --system --gid 10001 liverseg \
     && useradd --system --no-log-init --uid 10001 --gid 10001 --create-home --home-dir /home/liverseg liverseg \
     && mkdir -p /data \
     && chown liverseg:liverseg /data \
-    && mkdir service model_zoo train \
+    && mkdir service model_zoo train client \
     && touch README.md \
     && python3 -m pip install --no-cache-dir "/opt/liverseg[pacs,queue]" \
     && python3 -m pip uninstall --yes liverseg \
-    && rm -rf build ./*.egg-info service model_zoo train README.md
+    && rm -rf build ./*.egg-info service model_zoo train client README.md
 
 # The bundled model first (model_zoo/checkpoints is package data; it changes less than the code),
 # then the source; installed without dependencies, which the layer above holds.
@@ -41,6 +41,7 @@ COPY README.md ./
 COPY model_zoo model_zoo
 COPY train train
 COPY service service
+COPY client client
 RUN python3 -m pip install --no-cache-dir --no-deps "/opt/liverseg[pacs,queue]" \
     && rm -rf build ./*.egg-info
 

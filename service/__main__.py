@@ -7,9 +7,9 @@ import sys
 
 import uvicorn
 
+from client.log_setup import configure_logging
 from service.app import create_app
 from service.jobs import JobsDatabaseError, JobStore
-from service.log_setup import configure_logging
 from service.settings import Settings
 
 

@@ -35,10 +35,10 @@ from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
+from client.log_setup import configure_logging
 from service.job_queue import FUNCTION, QUEUE_NAME, dumps, loads, redis_settings
 from service.job_runner import JobRunner
 from service.jobs import JobsDatabaseError, JobStore, lost_detail
-from service.log_setup import configure_logging
 from service.settings import Settings, get_settings
 from service.worker import InferenceWorker, resolve_device
 

@@ -25,7 +25,6 @@ import io
 import logging
 import time
 from importlib import metadata
-from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
@@ -34,17 +33,13 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from client.seg_identity import MANUFACTURER, SERIES_DESCRIPTION
+from model_zoo.card import ModelCard
 from service.errors import UnsupportedOutput
 from service.volume import Volume
 
-if TYPE_CHECKING:  # the PACS tools import this module's constants; they must not pull torch in
-    from model_zoo.card import ModelCard
-
 log = logging.getLogger(__name__)
 
-# What the PACS bridge looks for to recognise a SEG it (or this service) already made.
-MANUFACTURER = "liverseg"
-SERIES_DESCRIPTION = "Liver segmentation (liverseg)"
 SEGMENT_LABEL = "Liver"
 SERIES_NUMBER_OFFSET = 1000  # the SEG's series number: the source's + 1000, a common convention
 # How far (in voxels) a header's position may sit off the grid: DS values carry ~1e-5 mm rounding.

@@ -19,11 +19,12 @@ import SimpleITK as sitk
 from fastapi.testclient import TestClient
 from pydicom.uid import SegmentationStorage
 
+from client.seg_identity import MANUFACTURER, SERIES_DESCRIPTION
 from model_zoo.card import InputContract, ModelCard
 from service.app import create_app
 from service.errors import UnsupportedOutput
 from service.io.decode import Upload, decode_upload
-from service.io.seg import MANUFACTURER, SERIES_DESCRIPTION, make_seg
+from service.io.seg import make_seg
 from service.settings import Settings
 from service.volume import Volume
 from tests.conftest import ORIENTATIONS, nifti_bytes, read_nifti, wait_for_job

@@ -1,4 +1,4 @@
-"""Patient data kept out of the logs (service.log_setup): the redaction rule, the filter on the
+"""Patient data kept out of the logs (client.log_setup): the redaction rule, the filter on the
 root handler, the processes that install it, and the SEG writer's own warning."""
 
 from __future__ import annotations
@@ -14,34 +14,16 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from client.log_setup import PatientDataFilter, configure_logging, redact
 from service.errors import UnsupportedOutput
 from service.io.decode import Upload, decode_upload
 from service.io.seg import make_seg
-from service.log_setup import PatientDataFilter, configure_logging, redact
 from service.settings import Settings
 from tests.e2e.conftest import free_port
 from tests.service.test_seg import CARD
 from train.phantoms import make_phantom, write_dicom_series
 
 UID = "1.2.826.0.1.3680043.8.498.51796897422950435360083541336338894791"
-
-
-@pytest.fixture
-def restore_logging():
-    """configure_logging changes process-wide state: put it back for the next test."""
-    root = logging.getLogger()
-    handlers = list(root.handlers)
-    filters = {h: list(h.filters) for h in handlers}
-    levels = {name: logging.getLogger(name).level for name in ("", "highdicom", "pydicom", "dicomweb_client", "pynetdicom", "httpx")}
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    for handler, kept in filters.items():
-        handler.filters = kept
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-    logging.captureWarnings(False)
 
 
 @pytest.mark.parametrize(
@@ -90,8 +72,8 @@ def formatted(item: logging.LogRecord, **kwargs: bool) -> str:
 
 
 def test_the_filter_redacts_the_message_with_its_arguments() -> None:
-    text = formatted(record("service.pacs.bridge", "series %s of %s: %r", UID, "Doe^John", {"PatientID": "ZZID-4711"}))
-    assert text == "service.pacs.bridge: series <uid> of <name>: {'PatientID': <redacted>}"
+    text = formatted(record("client.pacs.bridge", "series %s of %s: %r", UID, "Doe^John", {"PatientID": "ZZID-4711"}))
+    assert text == "client.pacs.bridge: series <uid> of <name>: {'PatientID': <redacted>}"
     # The PACS CLI keeps UIDs (an operator finds a failed series by them), names still go.
     assert formatted(record("liverseg.pacs", "series %s of %s", UID, "Doe^John"), keep_uids=True) == (
         f"liverseg.pacs: series {UID} of <name>"
@@ -169,13 +151,13 @@ def test_configure_logging_puts_the_filter_on_handlers_already_there(restore_log
 
 
 def test_the_pacs_cli_logs_through_the_filter_and_keeps_uids(restore_logging, capsys) -> None:
-    from service.pacs.cli import main
+    from client.pacs.cli import main
 
     closed = f"http://127.0.0.1:{free_port()}"
     assert main(["run", "--dicomweb", closed, "--service", closed, "--retries", "1", "--backoff", "0.01"]) == 2
-    logging.getLogger("service.pacs.bridge").info("failed series %s of %s", UID, "Zzmarker^Patient")
+    logging.getLogger("client.pacs.bridge").info("failed series %s of %s", UID, "Zzmarker^Patient")
     err = capsys.readouterr().err
-    assert f"INFO service.pacs.bridge: failed series {UID} of <name>" in err
+    assert f"INFO client.pacs.bridge: failed series {UID} of <name>" in err
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom, on the date written into the files

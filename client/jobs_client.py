@@ -1,22 +1,25 @@
-"""The liverseg service seen from the PACS side: a DICOM series in, its SEG out, over HTTP only.
+"""The liverseg service's jobs API seen from a client: a CT in, its results out, over HTTP only.
 
-It uses the jobs API (POST /jobs, GET /jobs/{id} until done, GET /jobs/{id}/seg, DELETE), so a
-long study never meets a request timeout and a service restart in the middle only delays it
-(jobs survive restarts). Every call goes through a `RetryPolicy`; a 4xx is the service's
-considered answer about this series and becomes a `ServiceRefused` with its code and sentence.
+The one client of the jobs API, for the `liverseg` CLI and the PACS tools alike: POST /jobs,
+GET /jobs/{id} until done, GET its files, DELETE. So a long study never meets a request timeout
+and a service restart in the middle only delays it (jobs survive restarts). Every call goes
+through a `RetryPolicy`; a 4xx is the service's considered answer about this upload and becomes
+a `ServiceRefused` with its code and sentence.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
-from service.pacs.retry import RetryPolicy
+from client.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,11 @@ class SegResult:
     summary: dict
     warnings: list[str] = field(default_factory=list)
     job_id: str = ""
+
+
+def job_warnings(job: dict) -> list[str]:
+    """The warnings the service gave about a job's input (an empty list when there are none)."""
+    return list(((job.get("summary") or {}).get("input") or {}).get("warnings") or [])
 
 
 class JobsClient:
@@ -87,33 +95,41 @@ class JobsClient:
             ServiceRefused: the service refused the series or the job failed (not retried).
             GaveUp: the service stayed unreachable or kept failing through every retry.
         """
-        job_id = self._submit(files)
+        job_id = self.submit(files, field="files")
         try:
-            job = self._wait(job_id)
-            seg_url = job.get("links", {}).get("seg", f"/jobs/{job_id}/seg")
-            response = self.retry.call(lambda: self._checked(self._http.get(seg_url)), f"fetching the SEG of job {job_id}")
-            warnings = list(((job.get("summary") or {}).get("input") or {}).get("warnings") or [])
-            return SegResult(response.content, job.get("summary") or {}, warnings, job_id)
+            job = self.wait(job_id)
+            seg = self.fetch(job.get("links", {}).get("seg", f"/jobs/{job_id}/seg"), f"the SEG of job {job_id}")
+            return SegResult(seg, job.get("summary") or {}, job_warnings(job), job_id)
         finally:
-            self._forget(job_id)
+            self.forget(job_id)
 
-    def _submit(self, files: list[Path]) -> str:
-        params = {"model": self.model} if self.model else {}
+    def submit(
+        self, files: list[Path], *, field: Literal["file", "files"], params: dict[str, str] | None = None,
+    ) -> str:
+        """Upload one CT (field "file": a volume file or a zip; "files": the DICOM files of a
+        series) as a job; returns its id."""
+        params = ({"model": self.model} if self.model else {}) | (params or {})
+        media = "application/dicom" if field == "files" else "application/octet-stream"
 
         def post() -> httpx.Response:
             with ExitStack() as stack:  # reopened on every attempt: a retried upload starts over
-                parts = [("files", (p.name, stack.enter_context(p.open("rb")), "application/dicom")) for p in files]
+                parts = [(field, (p.name, stack.enter_context(p.open("rb")), media)) for p in files]
                 return self._checked(self._http.post("/jobs", params=params, files=parts))
 
-        response = self.retry.call(post, f"uploading {len(files)} DICOM file(s) to the service")
+        what = f"uploading {len(files)} DICOM file(s)" if field == "files" else "uploading the CT"
+        response = self.retry.call(post, f"{what} to the service")
         job_id = response.json()["id"]
         log.info("service job %s accepted (%d files)", job_id, len(files))
         return job_id
 
-    def _wait(self, job_id: str) -> dict:
+    def wait(self, job_id: str, on_poll: Callable[[dict], None] | None = None) -> dict:
+        """Poll the job until it is done (its state, summary and links); `on_poll` sees every
+        answer. Raises ServiceRefused when it failed or outlasted `job_timeout_s`."""
         deadline = time.monotonic() + self.job_timeout_s
         while True:
             job = self.retry.call(lambda: self._checked(self._http.get(f"/jobs/{job_id}")), f"polling job {job_id}").json()
+            if on_poll is not None:
+                on_poll(job)
             if job["state"] == "done":
                 return job
             if job["state"] == "failed":
@@ -123,7 +139,11 @@ class JobsClient:
                 raise ServiceRefused("timeout", f"job {job_id} did not finish within {self.job_timeout_s:.0f} s")
             time.sleep(self.poll_s)
 
-    def _forget(self, job_id: str) -> None:
+    def fetch(self, url: str, what: str) -> bytes:
+        """The body of one of a job's files (its links), retried like every call."""
+        return self.retry.call(lambda: self._checked(self._http.get(url)), f"fetching {what}").content
+
+    def forget(self, job_id: str) -> None:
         """Delete the job's files on the service; a failure here only leaves them to expire."""
         try:
             self._http.delete(f"/jobs/{job_id}")

@@ -26,9 +26,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import SegmentationStorage, Verification
 
-from service.pacs.bridge import Outcome, PacsRefused
-from service.pacs.jobs_client import JobsClient
-from service.pacs.retry import RetryPolicy, TransientError
+from client.jobs_client import JobsClient
+from client.pacs.bridge import Outcome, PacsRefused
+from client.retry import RetryPolicy, TransientError
 
 log = logging.getLogger(__name__)
 

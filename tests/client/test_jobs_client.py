@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from service.pacs.jobs_client import JobsClient, ServiceRefused
-from service.pacs.retry import GaveUp, RetryPolicy, classify
+from client.jobs_client import JobsClient, ServiceRefused
+from client.retry import GaveUp, RetryPolicy, classify
 
 FAST = RetryPolicy(attempts=4, first_delay_s=0.01, max_delay_s=0.05)
 JOB = {"id": "j1", "state": "done", "links": {"seg": "/jobs/j1/seg"}, "summary": {"liver_volume_ml": 12.5, "input": {"warnings": ["minted"]}}}

@@ -29,9 +29,9 @@ from typing import Literal
 import pydicom
 from dicomweb_client.api import DICOMwebClient
 
-from service.io.seg import MANUFACTURER, SERIES_DESCRIPTION
-from service.pacs.jobs_client import JobsClient, ServiceRefused
-from service.pacs.retry import GaveUp, RetryPolicy, describe
+from client.jobs_client import JobsClient, ServiceRefused
+from client.retry import GaveUp, RetryPolicy, describe
+from client.seg_identity import MANUFACTURER, SERIES_DESCRIPTION
 
 log = logging.getLogger(__name__)
 

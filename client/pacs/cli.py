@@ -11,9 +11,9 @@ import sys
 import threading
 from pathlib import Path
 
-from service.log_setup import configure_logging
-from service.pacs.jobs_client import JobsClient
-from service.pacs.retry import GaveUp, RetryPolicy
+from client.jobs_client import JobsClient
+from client.log_setup import configure_logging
+from client.retry import GaveUp, RetryPolicy
 
 log = logging.getLogger("liverseg.pacs")
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, service: JobsClient, retry: RetryPolicy) -> int:
     from dicomweb_client.api import DICOMwebClient
 
-    from service.pacs.bridge import Bridge
+    from client.pacs.bridge import Bridge
 
     dicomweb = DICOMwebClient(args.dicomweb.rstrip("/"), headers=dict(args.dicomweb_header) or None, timeout=args.timeout)
     bridge = Bridge(dicomweb, service, retry=retry)
@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace, service: JobsClient, retry: RetryPolicy) -> i
 
 
 def _listen(args: argparse.Namespace, service: JobsClient, retry: RetryPolicy) -> int:
-    from service.pacs.listener import Destination, Listener
+    from client.pacs.listener import Destination, Listener
 
     try:
         destination = Destination.parse(args.destination)
@@ -151,7 +151,7 @@ def _listen(args: argparse.Namespace, service: JobsClient, retry: RetryPolicy) -
     )
     signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does: finish the series in hand
     listener.serve_forever()
-    from service.pacs.bridge import Report
+    from client.pacs.bridge import Report
 
     _say(Report(listener.outcomes).text())
     return 0

@@ -22,9 +22,9 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
+from tests.client.pacs.conftest import phantom_series, seg_on_grid, service_mask
 from tests.conftest import REPO, dice
 from tests.e2e.conftest import free_port
-from tests.pacs.conftest import phantom_series, seg_on_grid, service_mask
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def test_listen_segments_a_routed_series_and_sends_the_seg_back(service, tmp_pat
     log = (tmp_path / "listen.log").open("wb")
     listener = subprocess.Popen(
         [
-            sys.executable, "-m", "service.pacs", "listen", "--host", "127.0.0.1", "--port", str(port),
+            sys.executable, "-m", "client.pacs", "listen", "--host", "127.0.0.1", "--port", str(port),
             "--service", service.url, "--destination", f"127.0.0.1:{destination.port}:{destination.ae_title}",
             "--settle", "1", "--backoff", "0.2", "--retries", "3",
         ],

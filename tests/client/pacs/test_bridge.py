@@ -13,12 +13,12 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from service.pacs.bridge import Bridge, Outcome, PacsRefused
-from service.pacs.cli import main
-from service.pacs.jobs_client import JobsClient, ServiceRefused
-from service.pacs.retry import GaveUp, RetryPolicy
+from client.jobs_client import JobsClient, ServiceRefused
+from client.pacs.bridge import Bridge, Outcome, PacsRefused
+from client.pacs.cli import main
+from client.retry import GaveUp, RetryPolicy
+from tests.client.pacs.conftest import Orthanc, phantom_series, seg_on_grid, service_mask
 from tests.conftest import dice
-from tests.pacs.conftest import Orthanc, phantom_series, seg_on_grid, service_mask
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,7 @@ def test_run_stores_one_seg_matching_the_service_mask_and_a_second_run_nothing(o
 
 
 def test_a_service_outage_during_the_run_is_retried_and_the_run_completes(orthanc, service, tmp_path, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="service.pacs.retry")
+    caplog.set_level(logging.WARNING, logger="client.retry")
     series = phantom_series(tmp_path, seed=12)
     stow(orthanc, series.files)
     service.stop()  # the service is down when the bridge, having found and fetched the series, calls it
@@ -103,7 +103,7 @@ def test_a_service_outage_during_the_run_is_retried_and_the_run_completes(orthan
             service.start()
 
     assert report.count("segmented") == 1, report.text()
-    retries = [r.getMessage() for r in caplog.records if r.name == "service.pacs.retry"]
+    retries = [r.getMessage() for r in caplog.records if r.name == "client.retry"]
     assert any("uploading" in m and "retry 1/" in m for m in retries), retries
     (seg,) = segs_in(orthanc, series.study_uid)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid

@@ -5,6 +5,6 @@ Both talk to the service over HTTP only (its jobs API); nothing here imports Fas
 
 from __future__ import annotations
 
-from service.pacs.cli import main
+from client.pacs.cli import main
 
 __all__ = ["main"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.pacs.cli import main
-from service.pacs.listener import Destination
+from client.pacs.cli import main
+from client.pacs.listener import Destination
 from tests.e2e.conftest import free_port
 
 
