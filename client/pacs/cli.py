@@ -22,6 +22,10 @@ EPILOG = """examples:
   liverseg-pacs run --dicomweb http://localhost:8042/dicom-web --service http://localhost:8000 --since 2024-05-01
   liverseg-pacs run --dicomweb http://localhost:8042/dicom-web --service http://localhost:8000 --watch --interval 60
   liverseg-pacs listen --ae-title LIVERSEG --port 11112 --service http://localhost:8000 --destination localhost:4242:ORTHANC
+  liverseg-pacs listen --host 0.0.0.0 --allow ORTHANC --allow CT01 --port 11112 --service ... --destination ...
+
+listen accepts associations on 127.0.0.1 only, from the destination's AE title only, unless --host
+and --allow (or --allow-any) open it.
 """
 
 
@@ -87,13 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     listen.add_argument("--ae-title", default="LIVERSEG", help="our AE title (default LIVERSEG)")
     listen.add_argument("--port", type=int, required=True, help="DICOM port to listen on")
-    listen.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
+    listen.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
     listen.add_argument("--destination", required=True, help="where SEGs go: HOST:PORT:AET")
     listen.add_argument("--settle", type=float, default=10.0,
                         help="a series is complete after this many seconds without a new instance (default 10)")
     listen.add_argument("--spool", type=Path, help="folder for incoming instances (default: a temporary one)")
-    listen.add_argument("--allow", action="append", default=[], metavar="AET",
-                        help="accept only these calling AE titles (repeatable; default any)")
+    callers = listen.add_mutually_exclusive_group()
+    callers.add_argument("--allow", action="append", default=[], metavar="AET",
+                         help="calling AE titles that may send (repeatable; default: only the destination's)")
+    callers.add_argument("--allow-any", action="store_true", help="accept any calling AE title")
     common(listen)
     return parser
 
@@ -147,7 +154,9 @@ def _listen(args: argparse.Namespace, service: JobsClient, retry: RetryPolicy) -
         return 2
     listener = Listener(
         ae_title=args.ae_title, port=args.port, host=args.host, service=service, destination=destination,
-        settle_s=args.settle, spool=args.spool, retry=retry, allowed_calling=args.allow or None,
+        settle_s=args.settle, spool=args.spool, retry=retry,
+        # Closed by default, as the service is: the PACS we send SEGs to may send us CTs, no one else.
+        allowed_calling=None if args.allow_any else (args.allow or [destination.ae_title]),
     )
     signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does: finish the series in hand
     listener.serve_forever()

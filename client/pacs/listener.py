@@ -80,13 +80,13 @@ class Listener:
         settle_s: a series is complete after this many seconds without a new instance.
         spool: where instances wait (default: a new temporary folder, removed on stop).
         retry: the policy for C-STORE associations (the service client has its own).
-        allowed_calling: if given, only these calling AE titles may send to us.
+        allowed_calling: the calling AE titles that may send to us; None: any (open it on purpose).
     """
 
     def __init__(
-        self, *, ae_title: str, port: int, service: JobsClient, destination: Destination, host: str = "0.0.0.0",
+        self, *, ae_title: str, port: int, service: JobsClient, destination: Destination,
+        allowed_calling: list[str] | None, host: str = "127.0.0.1",
         settle_s: float = 10.0, spool: Path | None = None, retry: RetryPolicy | None = None,
-        allowed_calling: list[str] | None = None,
     ):
         self.ae_title, self.host, self.port = ae_title, host, port
         self.service, self.destination, self.settle_s = service, destination, settle_s
@@ -102,7 +102,7 @@ class Listener:
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="liverseg-pacs-dispatch", daemon=True)
         self._ae = AE(ae_title=ae_title)
         self._ae.require_called_aet = True
-        if allowed_calling:
+        if allowed_calling is not None:
             self._ae.require_calling_aet = list(allowed_calling)
         for context in AllStoragePresentationContexts:  # accept whatever a PACS routes; keep only CT
             self._ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)

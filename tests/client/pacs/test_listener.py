@@ -87,7 +87,7 @@ def test_listen_segments_a_routed_series_and_sends_the_seg_back(service, tmp_pat
         [
             sys.executable, "-m", "client.pacs", "listen", "--host", "127.0.0.1", "--port", str(port),
             "--service", service.url, "--destination", f"127.0.0.1:{destination.port}:{destination.ae_title}",
-            "--settle", "1", "--backoff", "0.2", "--retries", "3",
+            "--settle", "1", "--backoff", "0.2", "--retries", "3", "--allow", "PACS",
         ],
         cwd=REPO, stdout=subprocess.PIPE, stderr=log,
     )
@@ -113,3 +113,60 @@ def test_listen_segments_a_routed_series_and_sends_the_seg_back(service, tmp_pat
     expected = sitk.GetArrayFromImage(mask)
     assert 0.05 < expected.mean() < 0.95
     assert dice(seg_on_grid(seg, series.files, mask), expected) >= 0.99
+
+
+def echo_as(calling: str, port: int, called: str = "LIVERSEG") -> bool:
+    """Whether an association from `calling` is accepted and answers a C-ECHO."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return status.Status == SUCCESS
+
+
+def test_listen_is_closed_by_default_loopback_and_the_destinations_ae_title_only(tmp_path) -> None:
+    from client.pacs.cli import build_parser
+    from client.pacs.listener import Destination as SegDestination
+    from client.pacs.listener import Listener
+
+    args = build_parser().parse_args(["listen", "--port", "1", "--service", "http://s", "--destination", "h:1:ORTHANC"])
+    assert (args.host, args.allow, args.allow_any) == ("127.0.0.1", [], False)
+    port = free_port()
+    listener = Listener(
+        ae_title="LIVERSEG", port=port, service=None, destination=SegDestination.parse("127.0.0.1:1:ORTHANC"),
+        allowed_calling=["ORTHANC"], spool=tmp_path / "spool",
+    )
+    listener.start()
+    try:
+        assert listener._server.server_address[0] == "127.0.0.1"
+        assert echo_as("ORTHANC", port)
+        assert not echo_as("STRANGER", port)  # a calling AE title nobody listed is refused
+    finally:
+        listener.stop()
+
+
+def test_the_cli_opens_listen_only_when_told(monkeypatch) -> None:
+    import client.pacs.cli as cli
+
+    made: dict = {}
+
+    class Recording:
+        def __init__(self, **kwargs):
+            made.update(kwargs)
+
+        def serve_forever(self):
+            return None
+
+        outcomes: list = []
+
+    monkeypatch.setattr("client.pacs.listener.Listener", Recording)
+    base = ["listen", "--port", "1", "--service", "http://s", "--destination", "h:1:ORTHANC"]
+    cli.main(base)
+    assert (made["host"], made["allowed_calling"]) == ("127.0.0.1", ["ORTHANC"])
+    cli.main([*base, "--host", "0.0.0.0", "--allow", "CT01", "--allow", "CT02"])
+    assert (made["host"], made["allowed_calling"]) == ("0.0.0.0", ["CT01", "CT02"])
+    cli.main([*base, "--allow-any"])
+    assert made["allowed_calling"] is None
