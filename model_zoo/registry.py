@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model_zoo.architectures import create_network
+from model_zoo.atomic_write import write_atomically
 from model_zoo.card import ModelCard
 from model_zoo.names import UnknownNameError
 
@@ -197,14 +196,14 @@ def save_checkpoint(
     )
 
     weights = folder / f"{card.name}.safetensors"
-    _write_atomically(
+    write_atomically(
         weights, lambda tmp: save_file(state, tmp, metadata={"name": card.name, "format": "pt"})
     )
     written = ModelCard.model_validate(
         {**card.model_dump(), "weights_file": weights.name, "weights_sha256": sha256_file(weights)}
     )
     card_text = written.model_dump_json(indent=2) + "\n"
-    _write_atomically(folder / f"{card.name}.json", lambda tmp: Path(tmp).write_text(card_text))
+    write_atomically(folder / f"{card.name}.json", lambda tmp: Path(tmp).write_text(card_text))
     logger.info(
         "saved checkpoint %s to %s (sha256 %s)", written.name, folder, written.weights_sha256
     )
@@ -222,18 +221,5 @@ def record_metrics(
     card = get_card(name, folder)
     updated = ModelCard.model_validate({**card.model_dump(), "metrics": {**card.metrics, **metrics}})
     text = updated.model_dump_json(indent=2) + "\n"
-    _write_atomically(folder / f"{name}.json", lambda tmp: Path(tmp).write_text(text))
+    write_atomically(folder / f"{name}.json", lambda tmp: Path(tmp).write_text(text))
     return updated
-
-
-def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
-    """Write through `write(temp_path)` then rename, so readers never see a half-written file."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are read by the service's user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

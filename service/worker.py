@@ -20,19 +20,13 @@ import SimpleITK as sitk
 import torch
 
 from model_zoo.card import ModelCard
+from model_zoo.device import resolve_device
 from model_zoo.names import UnknownNameError
 from model_zoo.registry import LoadedModel, get_card, load_model
 from service.errors import Busy, UnknownModel
 from service.pipeline import InferenceOptions, Progress, Segmentation, segment, with_fallback
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else as given."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 @dataclass

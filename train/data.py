@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from model_zoo.atomic_write import write_atomically
 from model_zoo.card import InputContract
 from model_zoo.preprocessing import AIR_HU, hu_to_input_units, label_to_model_grid, prepare
 
@@ -275,11 +275,14 @@ def _prepare_indexed(args: tuple[CaseSource, InputContract, int, int, Path | Non
         with np.load(cached) as arrays:
             return PreparedCase(source.name, arrays["image"], arrays["label"], arrays["foreground"])
     case = prepare_case(source, contract, np.random.default_rng([seed, index]))
-    if cached is not None:
-        partial = cached.with_name(f".{cached.name}.{os.getpid()}.tmp.npz")
-        np.savez(partial, image=case.image, label=case.label, foreground=case.foreground)
-        os.replace(partial, cached)  # a run killed mid-write leaves no half file behind
+    if cached is not None:  # atomically: a run killed mid-write leaves no half file behind
+        write_atomically(cached, lambda tmp: _save_case(case, tmp))
     return case
+
+
+def _save_case(case: PreparedCase, path: str) -> None:
+    with open(path, "wb") as stream:  # a file, not a name: np.savez would add ".npz" to the name
+        np.savez(stream, image=case.image, label=case.label, foreground=case.foreground)
 
 
 def prepare_cases(
