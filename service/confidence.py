@@ -18,6 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The formula above in one sentence: the JSON summary's "how", and the start of a card's "confidence".
+HOW_COMPUTED = (
+    "clip(2 * min_k a_k - 1, 0, 1), a_k being how much output k (the main output and each "
+    "deep-supervision head) agrees with the final label; 1 = every head sure, 0 = a head on the boundary"
+)
+
 
 def confidence_map(liver_probabilities: list[np.ndarray], label: np.ndarray) -> np.ndarray:
     """Per-voxel confidence in [0, 1] (float32, (D, H, W)) from each output's liver probability.

@@ -6,16 +6,10 @@ import os
 import socket
 from dataclasses import asdict
 
-from service import confidence as confidence_doc
+from service.confidence import HOW_COMPUTED
 from service.schemas import BoundingBox, ConfidenceSummary, InputGeometry, Summary
 from service.volume import Volume
 from service.worker import WorkerResult
-
-CONFIDENCE_HOW = (
-    "clip(2 * min_k a_k - 1, 0, 1), a_k being how much output k (the main output and each "
-    "deep-supervision head) agrees with the final label; 1 = every head sure, 0 = a head on the boundary"
-)
-assert "min_k" in (confidence_doc.__doc__ or "")  # keep the sentence in step with the code
 
 
 def build_summary(volume: Volume, result: WorkerResult, timings_s: dict[str, float]) -> Summary:
@@ -41,7 +35,7 @@ def build_summary(volume: Volume, result: WorkerResult, timings_s: dict[str, flo
         liver_volume_ml=round(seg.liver_volume_ml, 2),
         liver_mean_hu=None if seg.liver_mean_hu is None else round(seg.liver_mean_hu, 1),
         bbox=bbox,
-        confidence=ConfidenceSummary(**asdict(seg.confidence_summary), how=CONFIDENCE_HOW),
+        confidence=ConfidenceSummary(**asdict(seg.confidence_summary), how=HOW_COMPUTED),
         input=InputGeometry(
             source=volume.source,
             size_xyz=list(image.GetSize()),
