@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import itertools
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ GAP_PX = 8
 SOFT_TISSUE_HU = (-160.0, 240.0)  # window 400, level 40
 OUTLINE_RGB = np.array([255, 215, 0], dtype=np.float32)  # amber: visible on grey and on red
 UNSURE_RGB = np.array([255, 40, 40], dtype=np.float32)
+RGB = tuple[int, int, int] | np.ndarray  # 0-255 per channel
 # Masks are mostly zeros: level 1 gives nearly the size of level 6 in a fraction of the time.
 MASK_COMPRESSION_LEVEL = 1
 MAP_COMPRESSION_LEVEL = 1
@@ -96,14 +98,12 @@ def preview_png(ct: sitk.Image, mask: sitk.Image, confidence: sitk.Image | None 
     conf_planes = planes(_as_lps(sitk.GetArrayViewFromImage(confidence), perm, flips)) if confidence is not None else None
     row, row_conf = [], []
     for k, size in enumerate((axial_wh, coronal_wh)):
-        grey = _window(_resize(ct_planes[k], size, Image.BILINEAR))
-        outline = _outline(_resize(mask_planes[k].astype(np.float32), size, Image.NEAREST) > 0.5)
-        row.append(_paint(np.repeat(grey[..., None], 3, axis=2), outline))
+        plane_hu = _resize(ct_planes[k], size, Image.BILINEAR)
+        outlines = [(_resize(mask_planes[k].astype(np.float32), size, Image.NEAREST) > 0.5, OUTLINE_RGB)]
+        row.append(outline_overlay(plane_hu, outlines))
         if conf_planes is not None:
             unsure = 1.0 - np.clip(_resize(conf_planes[k], size, Image.BILINEAR), 0.0, 1.0)
-            alpha = (0.85 * unsure)[..., None]
-            base = np.repeat(0.6 * grey[..., None], 3, axis=2)
-            row_conf.append(_paint(base * (1 - alpha) + UNSURE_RGB * alpha, outline))
+            row_conf.append(outline_overlay(plane_hu, outlines, dim=0.6, tint=(0.85 * unsure, UNSURE_RGB)))
     rows.append(row)
     if row_conf:
         rows.append(row_conf)
@@ -153,20 +153,41 @@ def _resize(plane: np.ndarray, size_wh: tuple[int, int], resample: int) -> np.nd
     return np.asarray(image.resize(size_wh, resample=resample), dtype=np.float32)
 
 
-def _window(plane_hu: np.ndarray) -> np.ndarray:
-    low, high = SOFT_TISSUE_HU
-    return np.clip((plane_hu - low) / (high - low), 0.0, 1.0) * 255.0
+def outline_overlay(
+    plane_hu: np.ndarray,
+    outlines: Sequence[tuple[np.ndarray, RGB]],
+    *,
+    window_hu: tuple[float, float] = SOFT_TISSUE_HU,
+    width: int = 2,
+    dim: float = 1.0,
+    tint: tuple[np.ndarray, RGB] | None = None,
+    coincide_rgb: RGB | None = None,
+) -> np.ndarray:
+    """A CT plane (H, W) in HU drawn with mask outlines: RGB float32 (H, W, 3) in [0, 255].
 
-
-def _outline(inside: np.ndarray) -> np.ndarray:
-    """A 2-pixel line along the inner border of a 2D mask."""
-    return inside & ~ndimage.binary_erosion(inside, iterations=2, border_value=0)
-
-
-def _paint(rgb: np.ndarray, outline: np.ndarray) -> np.ndarray:
-    rgb = np.array(rgb, dtype=np.float32)
-    rgb[outline] = OUTLINE_RGB
+    The plane is shown grey in `window_hu`, scaled by `dim`, blended with a colour where `tint`
+    = (opacity (H, W) in [0, 1], colour) asks; then the inner border (`width` pixels) of each
+    (mask (H, W) bool, colour) in `outlines` is drawn in its colour, later over earlier, and
+    where every border passes, in `coincide_rgb` when given. The preview and the evaluation
+    montage both draw with it.
+    """
+    low, high = window_hu
+    grey = dim * (np.clip((plane_hu - low) / (high - low), 0.0, 1.0) * 255.0)
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32, copy=False)
+    if tint is not None:
+        alpha = tint[0][..., None]
+        rgb = rgb * (1 - alpha) + np.asarray(tint[1], dtype=np.float32) * alpha
+    borders = [outline(inside, width) for inside, _ in outlines]
+    for border, (_, colour) in zip(borders, outlines, strict=True):
+        rgb[border] = colour
+    if coincide_rgb is not None and borders:
+        rgb[np.logical_and.reduce(borders)] = coincide_rgb
     return rgb
+
+
+def outline(inside: np.ndarray, width: int = 2) -> np.ndarray:
+    """A line `width` pixels wide along the inner border of a 2D mask."""
+    return inside & ~ndimage.binary_erosion(inside, iterations=width, border_value=0)
 
 
 def _compose(rows: list[list[np.ndarray]], top_letters: tuple[str, str]) -> bytes:
