@@ -19,9 +19,10 @@ from collections.abc import Sequence
 
 from model_zoo.registry import CHECKPOINT_DIR
 from train.augment import AugmentConfig
+from train.config import TrainConfig
 from train.data import DATA_FORMATS
-from train.loop import TrainConfig, train
 from train.losses import parse_ds_weights
+from train.trainer import train
 
 
 def _triple(text: str, kind: type) -> tuple:

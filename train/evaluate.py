@@ -27,14 +27,17 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw
-from scipy import ndimage, stats
+from scipy import stats
 
-from model_zoo.registry import LoadedModel
+from model_zoo.device import resolve_device
+from model_zoo.registry import LoadedModel, load_model, record_metrics
+from service.io.encode import outline_overlay
+from train.config import VALIDATION_PHANTOM_SEED
+from train.data import DATA_FORMATS, find_cases, load_case, phantom_sources
 from train.metrics import CaseMetrics, evaluate_masks, summarise
 
 log = logging.getLogger(__name__)
 
-DISPLAY_WINDOW_HU = (-160.0, 240.0)  # abdominal soft-tissue window for the montage
 TILE_PX = 192
 _GREEN, _RED, _YELLOW = (40, 220, 40), (235, 40, 40), (250, 230, 40)
 
@@ -168,10 +171,6 @@ def evaluate_case(
                           low_confidence_fraction=low_fraction, tiles=rendered)
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask)
-
-
 def montage_tiles(
     image: sitk.Image, reference: np.ndarray, prediction: np.ndarray, *, count: int = 3
 ) -> list[np.ndarray]:
@@ -186,16 +185,11 @@ def montage_tiles(
     if extent.size == 0:
         extent = np.array([hu.shape[0] // 2])
     picks = [int(extent[int(round(q * (extent.size - 1)))]) for q in np.linspace(0.2, 0.8, count)]
-    lo, hi = DISPLAY_WINDOW_HU
     spacing_x, spacing_y = image.GetSpacing()[:2]
     tiles = []
     for z in picks:
-        gray = ((np.clip(hu[z].astype(np.float32), lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
-        rgb = np.repeat(gray[..., None], 3, axis=2)
-        ref_edge, pred_edge = _outline(reference[z]), _outline(prediction[z])
-        rgb[ref_edge] = _GREEN
-        rgb[pred_edge] = _RED
-        rgb[ref_edge & pred_edge] = _YELLOW
+        outlines = [(reference[z], _GREEN), (prediction[z], _RED)]
+        rgb = outline_overlay(hu[z], outlines, width=1, coincide_rgb=_YELLOW).astype(np.uint8)
         height_mm, width_mm = rgb.shape[0] * spacing_y, rgb.shape[1] * spacing_x
         scale = TILE_PX / max(height_mm, width_mm)
         size = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
@@ -268,10 +262,6 @@ def write_csv(results: Sequence[CaseEvaluation], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m train.evaluate`: score a checkpoint on labelled cases; table, CSV and montage."""
-    from model_zoo.registry import load_model
-    from train.data import DATA_FORMATS, find_cases, load_case, phantom_sources
-    from train.loop import VALIDATION_PHANTOM_SEED, resolve_device
-
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=main.__doc__)
     parser.add_argument("--model", required=True, help="checkpoint name, e.g. unet3d_ds.phantom_3mm")
     parser.add_argument("--checkpoints", default=None, help="checkpoint folder (default: model_zoo/checkpoints)")
@@ -296,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    device = str(resolve_device(args.device))
+    device = resolve_device(args.device)
     model = load_model(args.model, args.checkpoints, device=device)
     sources = (phantom_sources(args.synthetic, args.first_seed) if args.synthetic
                else find_cases(args.data, args.format))
@@ -323,8 +313,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_montage(results, out / "montage.png")
     print(f"\nwrote {out / 'metrics.csv'} and {out / 'montage.png'}")  # noqa: T201
     if args.record:
-        from model_zoo.registry import record_metrics
-
         recorded = mean_metrics(results, args.record)
         record_metrics(args.model, recorded, args.checkpoints)
         print(f"recorded in the card of {args.model}: {recorded}")  # noqa: T201

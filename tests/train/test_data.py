@@ -1,0 +1,125 @@
+"""train.data: data sources and their layouts, preparation (in worker processes, cached), patch sampling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from tests.train.conftest import CONTRACT
+from train.data import (
+    PatchSampler,
+    find_cases,
+    phantom_sources,
+    prepare_case,
+    prepare_cases,
+    split_cases,
+)
+from train.phantoms import make_phantom
+
+
+def _write_case(image_path: Path, label_path: Path, seed: int) -> sitk.Image:
+    """A phantom at 6 mm as NIfTI; the label written with 2 (tumour) inside 1 (liver) as MSD/LiTS."""
+    phantom = make_phantom(seed, spacing_xyz_mm=(6.0, 6.0, 6.0))
+    label = sitk.GetArrayFromImage(phantom.liver).astype(np.uint8)
+    label[label > 0] = 1
+    zs = np.flatnonzero(label.any((1, 2)))
+    label[zs[len(zs) // 2]][label[zs[len(zs) // 2]] > 0] = 2  # one slice of "tumour"
+    label_image = sitk.GetImageFromArray(label)
+    label_image.CopyInformation(phantom.liver)
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    label_path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(phantom.ct, str(image_path))
+    sitk.WriteImage(label_image, str(label_path))
+    return phantom.liver
+
+
+def test_msd_lits_and_datalist_layouts(tmp_path):
+    msd = tmp_path / "Task03_Liver"
+    livers = [_write_case(msd / "imagesTr" / f"liver_{i}.nii.gz", msd / "labelsTr" / f"liver_{i}.nii.gz", i)
+              for i in range(2)]
+    (msd / "imagesTr" / "._liver_0.nii.gz").write_bytes(b"macOS resource fork")  # ignored
+    cases = find_cases(msd, "msd")
+    assert [c.name for c in cases] == ["liver_0", "liver_1"]
+
+    lits = tmp_path / "lits"
+    _write_case(lits / "batch1" / "volume-7.nii", lits / "batch1" / "segmentation-7.nii", 0)
+    assert [c.name for c in find_cases(lits, "lits")] == ["lits-7"]
+
+    datalist = msd / "dataset.json"
+    datalist.write_text(json.dumps({
+        "training": [{"image": "./imagesTr/liver_0.nii.gz", "label": "./labelsTr/liver_0.nii.gz"}],
+        "validation": [{"image": "./imagesTr/liver_1.nii.gz", "label": "./labelsTr/liver_1.nii.gz"}],
+    }))
+    listed = find_cases(datalist, "datalist")
+    train, val = split_cases(listed, n_val=5, seed=0)  # the datalist's own split wins
+    assert [c.name for c in train] == ["liver_0"] and [c.name for c in val] == ["liver_1"]
+
+    prepared = prepare_case(cases[0], CONTRACT, np.random.default_rng(0))
+    assert prepared.image.dtype == np.float32 and prepared.label.dtype == np.uint8
+    assert prepared.image.shape == prepared.label.shape
+    assert 0.0 <= prepared.image.min() and prepared.image.max() <= 1.0
+    # liver = label >= 1: the "tumour" slice counts, and the count matches the phantom's liver
+    assert set(np.unique(prepared.label)) == {0, 1}
+    assert prepared.label.sum() == sitk.GetArrayViewFromImage(livers[0]).astype(bool).sum()
+
+    with pytest.raises(FileNotFoundError, match="needs imagesTr/ and labelsTr/"):
+        find_cases(lits, "msd")
+    with pytest.raises(ValueError, match="unknown data format 'nnunet'"):
+        find_cases(msd, "nnunet")
+    with pytest.raises(ValueError, match="leaves no training case"):
+        split_cases(cases, n_val=2, seed=0)
+
+
+def test_patch_sampler_oversamples_foreground_and_pads_air():
+    case = prepare_case(phantom_sources(1, 3, spacing_mm=6.0)[0], CONTRACT, np.random.default_rng(0))
+    big = (48, 96, 96)  # larger than the volume along z: padded with air (0 in window01 units)
+    assert case.image.shape[0] < big[0]
+    sampler = PatchSampler([case], big, batch_size=3, contract=CONTRACT)
+    assert [sampler._forced_foreground(i) for i in range(3)] == [False, False, True]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        image, label = sampler.sample(generator)
+        assert image.shape == (3, 1, *big) and image.dtype == torch.float32
+        assert label.shape == (3, 1, *big) and label.dtype == torch.int64
+        assert label[2].sum() > 0  # the last third is centred on liver
+        assert float(image.min()) == 0.0  # air padding, as prepare fills outside the CT
+
+
+def test_cases_prepared_in_worker_processes_equal_those_prepared_here():
+    sources = phantom_sources(3, 3, spacing_mm=8.0)
+    here = prepare_cases(sources, CONTRACT, seed=5, workers=1)
+    spawned = prepare_cases(sources, CONTRACT, seed=5, workers=2)
+    assert [c.name for c in spawned] == ["phantom-3", "phantom-4", "phantom-5"]
+    for a, b in zip(here, spawned, strict=True):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.label, b.label)
+        np.testing.assert_array_equal(a.foreground, b.foreground)
+    assert not np.array_equal(here[0].image, here[1].image)  # three different phantoms
+
+
+def test_prepared_cases_are_cached_and_read_back_for_the_same_contract_only(tmp_path, monkeypatch):
+    import train.data
+
+    sources = phantom_sources(2, 3, spacing_mm=8.0)
+    first = prepare_cases(sources, CONTRACT, seed=5, cache_dir=tmp_path)
+    files = sorted(tmp_path.iterdir())
+    assert [f.name.split(".")[0] for f in files] == ["phantom-3", "phantom-4"]
+
+    def no_preparing(*args, **kwargs):
+        raise AssertionError("a cached case was prepared again")
+
+    monkeypatch.setattr(train.data, "prepare_case", no_preparing)
+    again = prepare_cases(sources, CONTRACT, seed=5, cache_dir=tmp_path)
+    for a, b in zip(first, again, strict=True):
+        assert a.name == b.name
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.label, b.label)
+        np.testing.assert_array_equal(a.foreground, b.foreground)
+    with pytest.raises(AssertionError, match="prepared again"):  # another grid is another case
+        prepare_cases(sources, CONTRACT.model_copy(update={"spacing_xyz_mm": (8.0, 8.0, 8.0)}),
+                      seed=5, cache_dir=tmp_path)

@@ -1,0 +1,86 @@
+"""What a training run depends on: `TrainConfig`, and the seeds its validation phantoms come from."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_zoo.card import InputContract
+from model_zoo.registry import CHECKPOINT_DIR
+from train.augment import AugmentConfig
+
+# Validation phantoms are drawn far from the training seeds so the two never overlap.
+VALIDATION_PHANTOM_SEED = 100_000
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. Sizes (D, H, W) in voxels, spacing (x, y, z) in mm, HU."""
+
+    arch: str = "unet3d_ds"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    tag: str = "custom"
+    # data: synthetic phantoms (count) or a path in a format
+    synthetic: int = 0
+    phantom_spacing_mm: float | None = None  # None: phantoms on their own scanner grid
+    data: str | None = None
+    data_format: str = "msd"
+    n_val: int = 2
+    # input contract
+    spacing_xyz_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    patch_size_dhw: tuple[int, int, int] = (64, 64, 64)
+    hu_window: tuple[float, float] = (-200.0, 300.0)
+    orientation: str = "LPS"
+    crop_to_body: bool = False
+    antialias: bool = True  # block-average the CT onto the grid; labels become liver fractions
+    # optimisation
+    epochs: int = 50
+    iters_per_epoch: int = 50
+    batch_size: int = 2
+    optimizer: str = "adamw"  # "adamw" or "sgd" (nnU-Net: momentum 0.99, Nesterov)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    poly_exponent: float = 0.9  # lr_t = lr (1 - t/T)^0.9 per epoch, both optimisers; 0: constant
+    grad_clip: float = 12.0  # nnU-Net's gradient-norm clip
+    deep_supervision: bool = True
+    ds_weights: str | list[float] = "dsn"
+    ds_decay: str = "none"
+    oversample_foreground: float = 0.33
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    val_every: int = 1
+    # run
+    seed: int = 0
+    # processes preparing the cases; they are spawned, so a script that calls Trainer needs the
+    # usual `if __name__ == "__main__":` guard (or data_workers=1)
+    data_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    device: str = "auto"
+    amp: bool = True  # used on CUDA only
+    out_dir: str = str(CHECKPOINT_DIR)
+    work_dir: str = "runs"
+    command: str = ""
+    final_evaluation: bool = True
+    init_from: str | None = None  # start from this checkpoint's weights (a name in out_dir)
+
+    @property
+    def name(self) -> str:
+        """The checkpoint name "arch.tag"."""
+        return f"{self.arch}.{self.tag}"
+
+    def contract(self) -> InputContract:
+        """The input contract the exported card declares."""
+        return InputContract(
+            spacing_xyz_mm=self.spacing_xyz_mm,
+            orientation=self.orientation,
+            hu_window=self.hu_window,
+            normalisation="window01",
+            patch_size_dhw=self.patch_size_dhw,
+            crop_to_body=self.crop_to_body,
+            antialias=self.antialias,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
