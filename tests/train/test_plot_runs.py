@@ -1,11 +1,12 @@
-"""train.compare: the curves of several runs in one PNG."""
+"""train.plot_runs: the curves of several runs in one PNG."""
 
 from __future__ import annotations
 
 import pytest
 from PIL import Image
 
-from train.compare import main, read_log
+from train.plot_runs import main
+from train.run_log import read_log
 
 LOG = "epoch,train_loss,loss_out0,loss_out1,val_dice,lr,aux_factor,seconds\n"
 

@@ -1,29 +1,24 @@
 """Put the validation curves of several training runs in one PNG (e.g. with and without deep supervision).
 
-    python -m train.compare runs/unet3d_ds.ds_on runs/unet3d_ds.ds_off \\
+    python -m train.plot_runs runs/unet3d_ds.ds_on runs/unet3d_ds.ds_off \\
         --labels "deep supervision" "main output only" -o docs/deep_supervision.png
 
-Reads each run's log.csv (written by `python -m train`): the main output's training loss on the
-left (the one term every run has) and validation Dice on the right, both per epoch, so compare
-runs with the same budget of iterations.
+Reads each run's log.csv (`train.run_log`, written by `python -m train`): the main output's
+training loss on the left (the one term every run has) and validation Dice on the right, both per
+epoch, so compare runs with the same budget of iterations.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-
-def read_log(run: Path) -> list[dict[str, str]]:
-    """The rows of RUN/log.csv (or of RUN itself when it is the CSV)."""
-    path = run if run.suffix == ".csv" else run / "log.csv"
-    with open(path, newline="") as stream:
-        return list(csv.DictReader(stream))
+from train.run_log import read_log
 
 
 def plot_runs(runs: Sequence[Path], labels: Sequence[str], out: Path, title: str) -> None:
+    """One PNG: each run's main-output training loss (left) and validation Dice (right) per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +45,8 @@ def plot_runs(runs: Sequence[Path], labels: Sequence[str], out: Path, title: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__.split("\n\n")[0])
+    """`python -m train.plot_runs RUN... -o PNG`."""
+    parser = argparse.ArgumentParser(prog="python -m train.plot_runs", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (or their log.csv)")
     parser.add_argument("--labels", nargs="+", help="one legend label per run (default: folder names)")
     parser.add_argument("--title", default="training", help="title of the loss panel")
