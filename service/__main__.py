@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 
 import uvicorn
@@ -11,6 +13,22 @@ from client.log_setup import configure_logging
 from service.app import create_app
 from service.jobs import JobsDatabaseError, JobStore
 from service.settings import Settings
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the service could not listen on host:port, said before the model loads (uvicorn said
+    "ready" first, then "address already in use"), or None."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            why = "is already in use (another liverseg?)" if error.errno == errno.EADDRINUSE else f"cannot be used ({error.strerror})"
+            return (
+                f"port {port} on {host} {why}. Choose another with LIVERSEG_PORT=8001 (or --port 8001); "
+                "LIVERSEG_HOST sets the interface."
+            )
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         JobStore(settings.data_dir).close()
     except JobsDatabaseError as error:
         sys.exit(f"liverseg: {error}")
+    if problem := port_problem(settings.host, settings.port):
+        sys.exit(f"liverseg: {problem}")
     # log_config=None: uvicorn configures no handlers of its own, so its access and error lines
     # go through the root handler above, in the one format and through the patient-data filter.
     uvicorn.run(

@@ -121,3 +121,22 @@ def test_a_body_over_the_upload_limit_is_413_declared_or_streamed(server_factory
             "error": "too_large",
             "detail": "The upload is larger than the limit of 97.7 kB (100000 bytes, LIVERSEG_MAX_UPLOAD_BYTES).",
         }
+
+
+def test_a_busy_port_is_said_in_one_line_before_the_model_loads(tiny_checkpoint_dir, tmp_path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "service", "--port", str(port)], cwd=REPO, capture_output=True, text=True,
+            timeout=120, env=process_env(tiny_service_env(tiny_checkpoint_dir, tmp_path / "var", "info")),
+        )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"liverseg: port {port} on 127.0.0.1 is already in use (another liverseg?). Choose another with "
+        "LIVERSEG_PORT=8001 (or --port 8001); LIVERSEG_HOST sets the interface."
+    ]
