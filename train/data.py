@@ -245,9 +245,11 @@ def prepare_case(source: CaseSource, contract: InputContract, rng: np.random.Gen
     )
 
 
-# The code that decides what a prepared case holds: a change to any of it makes old caches stale.
-_PREPARATION_CODE = ("model_zoo/preprocessing.py", "train/data.py", "train/phantoms.py")
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+# The code that decides what a prepared case holds: a change to any of it makes old caches stale.
+_PREPARATION_CODE = ("model_zoo/preprocessing.py", "train/data.py", *sorted(
+    path.relative_to(_REPO_ROOT).as_posix() for path in (_REPO_ROOT / "train" / "phantoms").glob("*.py")
+))
 
 
 def _preparation_code_digest() -> str:
