@@ -1,17 +1,22 @@
-"""Tests for train/phantoms.py: determinism, anatomy in physical space, HU, geometry, DICOM."""
+"""Tests for train/phantoms/make.py: determinism, anatomy in physical space, HU, geometry."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.uid import CTImageStorage
 from scipy import ndimage as ndi
 
+from tests.train.phantoms.conftest import (
+    FULL,
+    IDENTITY,
+    arrays,
+    body_mask,
+    centre_of_mass_lps,
+    geometry,
+)
 from train.phantoms import (
     AIR,
     HU_RANGES,
@@ -20,38 +25,7 @@ from train.phantoms import (
     PHASES,
     Phantom,
     make_phantom,
-    write_dicom_series,
 )
-
-SAMPLE = Path(__file__).parents[2] / ".." / "shared" / "data" / "ct-dicom-sample"
-IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-# A full abdomen (lung bases to pelvis) at 4 mm: about 0.3 s per phantom on one core.
-FULL = {"spacing_xyz_mm": (4.0, 4.0, 4.0), "z_range": (-300.0, 60.0), "direction": IDENTITY}
-
-
-def _arrays(p: Phantom) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return (
-        sitk.GetArrayFromImage(p.ct),
-        sitk.GetArrayFromImage(p.liver),
-        sitk.GetArrayFromImage(p.tissues),
-    )
-
-
-def _geometry(img: sitk.Image) -> tuple:
-    return img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection()
-
-
-def _centre_of_mass_lps(mask: np.ndarray, img: sitk.Image) -> np.ndarray:
-    """Physical (LPS, mm) centre of a (z, y, x) mask on img's grid."""
-    idx_zyx = np.array(np.nonzero(mask), float).mean(axis=1)
-    return np.array(img.TransformContinuousIndexToPhysicalPoint(tuple(idx_zyx[::-1])))
-
-
-def _body_mask(ct: np.ndarray) -> np.ndarray:
-    """Largest connected region above -400 HU (the patient, not the table)."""
-    labels, n = ndi.label(ct > -400)
-    sizes = ndi.sum_labels(np.ones_like(labels), labels, range(1, n + 1))
-    return labels == (1 + int(np.argmax(sizes)))
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +36,9 @@ def full_phantoms() -> dict[int, Phantom]:
 def test_same_seed_same_phantom() -> None:
     a = make_phantom(7, spacing_xyz_mm=(4.0, 4.0, 4.0), z_range=(-120.0, 0.0))
     b = make_phantom(7, spacing_xyz_mm=(4.0, 4.0, 4.0), z_range=(-120.0, 0.0))
-    for x, y in zip(_arrays(a), _arrays(b), strict=True):
+    for x, y in zip(arrays(a), arrays(b), strict=True):
         assert np.array_equal(x, y)
-    assert _geometry(a.ct) == _geometry(b.ct) == _geometry(a.liver) == _geometry(a.tissues)
+    assert geometry(a.ct) == geometry(b.ct) == geometry(a.liver) == geometry(a.tissues)
     assert json.dumps(a.params, sort_keys=True) == json.dumps(b.params, sort_keys=True)
     assert a.ct.GetPixelID() == sitk.sitkInt16 and a.liver.GetPixelID() == sitk.sitkUInt8
     assert set(np.unique(sitk.GetArrayFromImage(a.liver))) == {0, 1}
@@ -83,8 +57,8 @@ def test_overrides_keep_the_anatomy() -> None:
     kw = {"spacing_xyz_mm": (4.0, 4.0, 4.0), "z_range": (-120.0, 0.0), "direction": IDENTITY}
     native = make_phantom(3, phase="native", noise_sd_hu=5.0, **kw)
     portal = make_phantom(3, phase="portal", noise_sd_hu=30.0, **kw)
-    ct_n, liver_n, _ = _arrays(native)
-    ct_p, liver_p, _ = _arrays(portal)
+    ct_n, liver_n, _ = arrays(native)
+    ct_p, liver_p, _ = arrays(portal)
     assert np.array_equal(liver_n, liver_p)
     assert native.params["phase"] == "native" and portal.params["phase"] == "portal"
     assert np.median(ct_p[liver_p > 0]) > np.median(ct_n[liver_n > 0])
@@ -94,13 +68,13 @@ def test_overrides_keep_the_anatomy() -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_anatomy_in_physical_space(full_phantoms: dict[int, Phantom], seed: int) -> None:
     p = full_phantoms[seed]
-    ct, liver, tissues = _arrays(p)
-    body_x = _centre_of_mass_lps(_body_mask(ct), p.ct)[0]
-    liver_c = _centre_of_mass_lps(liver > 0, p.ct)
+    ct, liver, tissues = arrays(p)
+    body_x = centre_of_mass_lps(body_mask(ct), p.ct)[0]
+    liver_c = centre_of_mass_lps(liver > 0, p.ct)
     # LPS: +x is the patient's left, so the liver (patient's right) has the smaller x.
     assert liver_c[0] < body_x - 20.0
     lung = tissues == LUNG
-    assert _centre_of_mass_lps(lung, p.ct)[2] > liver_c[2]  # +z is superior
+    assert centre_of_mass_lps(lung, p.ct)[2] > liver_c[2]  # +z is superior
     # The liver dome sits under the right lung base: at most a diaphragm (and a voxel) apart.
     right = np.zeros_like(lung)
     x_of_column = np.array(
@@ -114,7 +88,7 @@ def test_anatomy_in_physical_space(full_phantoms: dict[int, Phantom], seed: int)
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_hu_ranges(full_phantoms: dict[int, Phantom], seed: int) -> None:
     p = full_phantoms[seed]
-    ct, liver, tissues = _arrays(p)
+    ct, liver, tissues = arrays(p)
     lo, hi = HU_RANGES["liver"][PHASES.index(p.params["phase"])]
     if not p.params["organs"]["fatty_liver"]:
         assert lo - 15 <= np.median(ct[liver > 0]) <= hi + 15
@@ -129,7 +103,7 @@ def test_hu_ranges(full_phantoms: dict[int, Phantom], seed: int) -> None:
 @pytest.mark.parametrize("phase", PHASES)
 def test_liver_hu_follows_phase(phase: str) -> None:
     p = make_phantom(5, phase=phase, fatty_liver=False, n_lesions=0, **FULL)
-    ct, liver, _ = _arrays(p)
+    ct, liver, _ = arrays(p)
     lo, hi = HU_RANGES["liver"][PHASES.index(phase)]
     assert lo - 10 <= np.median(ct[liver > 0]) <= hi + 10
 
@@ -190,8 +164,8 @@ def test_direction_keeps_the_anatomy_in_place(direction: tuple[float, ...]) -> N
     liver_ref, liver = sitk.GetArrayFromImage(ref.liver), sitk.GetArrayFromImage(p.liver)
     assert liver.sum() == liver_ref.sum()
     assert np.allclose(
-        _centre_of_mass_lps(liver > 0, p.liver),
-        _centre_of_mass_lps(liver_ref > 0, ref.liver),
+        centre_of_mass_lps(liver > 0, p.liver),
+        centre_of_mass_lps(liver_ref > 0, ref.liver),
         atol=1e-6,
     )
     # Same voxels in space: resampling one onto the other is the identity.
@@ -206,14 +180,14 @@ def test_oblique_direction_is_resampled_in_place() -> None:
     ref = make_phantom(9, direction=IDENTITY, **kw)
     p = make_phantom(9, direction=oblique, **kw)
     assert p.ct.GetDirection() == pytest.approx(oblique)
-    com = _centre_of_mass_lps(sitk.GetArrayFromImage(p.liver) > 0, p.liver)
-    com_ref = _centre_of_mass_lps(sitk.GetArrayFromImage(ref.liver) > 0, ref.liver)
+    com = centre_of_mass_lps(sitk.GetArrayFromImage(p.liver) > 0, p.liver)
+    com_ref = centre_of_mass_lps(sitk.GetArrayFromImage(ref.liver) > 0, ref.liver)
     assert np.linalg.norm(com - com_ref) < 3.0
 
 
 def test_lesions_are_liver() -> None:
     p = make_phantom(4, n_lesions=3, **FULL)
-    _, liver, tissues = _arrays(p)
+    _, liver, tissues = arrays(p)
     lesion = (tissues >= LESION_BASE) & (tissues < LESION_BASE + 3)
     assert lesion.any()
     assert liver[lesion].all()
@@ -248,84 +222,6 @@ def test_negative_seed_is_refused() -> None:
         make_phantom(-1)
 
 
-@pytest.mark.parametrize(
-    "direction",
-    [
-        IDENTITY,
-        (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0),
-        (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0),
-    ],
-)
-def test_dicom_round_trip(tmp_path: Path, direction: tuple[float, ...]) -> None:
-    p = make_phantom(6, spacing_xyz_mm=(3.5, 3.5, 2.5), z_range=(-60.0, -30.0), direction=direction)
-    paths = write_dicom_series(
-        p.ct, tmp_path / "series", study_uid="1.2.826.0.1.3680043.8.498.1234"
-    )
-    assert len(paths) == p.ct.GetSize()[2]
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "series")))
-    back = reader.Execute()
-    assert back.GetSize() == p.ct.GetSize()
-    np.testing.assert_allclose(back.GetOrigin(), p.ct.GetOrigin(), atol=1e-4)
-    np.testing.assert_allclose(back.GetSpacing(), p.ct.GetSpacing(), atol=1e-4)
-    np.testing.assert_allclose(back.GetDirection(), p.ct.GetDirection(), atol=1e-4)
-    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(p.ct))
-
-    datasets = [pydicom.dcmread(path) for path in paths]
-    ct = sitk.GetArrayFromImage(p.ct)
-    for k, ds in enumerate(datasets):
-        assert ds.SOPClassUID == CTImageStorage and ds.Modality == "CT"
-        assert ds.InstanceNumber == k + 1
-        assert ds.StudyInstanceUID == "1.2.826.0.1.3680043.8.498.1234"
-        hu = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
-        assert np.array_equal(hu, ct[k])
-        position = p.ct.TransformIndexToPhysicalPoint((0, 0, k))
-        np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient], position, atol=1e-4)
-    assert len({ds.SOPInstanceUID for ds in datasets}) == len(datasets)
-    assert (
-        len({(ds.SeriesInstanceUID, ds.FrameOfReferenceUID, ds.PatientID) for ds in datasets}) == 1
-    )
-    assert datasets[0].SeriesInstanceUID and datasets[0].FrameOfReferenceUID
-    assert datasets[0].PatientID == "PHANTOM"
-
-
-def test_dicom_left_handed_reads_back_flipped(tmp_path: Path) -> None:
-    """DICOM keeps no third axis: a left-handed image comes back as the same voxels, z reversed."""
-    flip_z = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
-    p = make_phantom(6, spacing_xyz_mm=(4.0, 4.0, 4.0), z_range=(-40.0, -20.0), direction=flip_z)
-    write_dicom_series(p.ct, tmp_path)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path)))
-    back = reader.Execute()
-    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(p.ct)[::-1])
-    last = p.ct.TransformIndexToPhysicalPoint((0, 0, p.ct.GetSize()[2] - 1))
-    np.testing.assert_allclose(back.GetOrigin(), last, atol=1e-4)
-
-
-def test_dicom_refuses_what_it_cannot_store(tmp_path: Path) -> None:
-    img = sitk.GetImageFromArray(np.full((2, 4, 4), 40000.0, np.float32))
-    with pytest.raises(ValueError, match="does not fit"):
-        write_dicom_series(img, tmp_path)
-    with pytest.raises(ValueError, match="3D"):
-        write_dicom_series(sitk.Image(4, 4, sitk.sitkInt16), tmp_path)
-
-
-@pytest.mark.realdata
-def test_hu_ranges_cover_the_real_sample() -> None:
-    """The portal-venous ranges the phantoms draw from hold the real sample's liver."""
-    if not (SAMPLE / "liver_mask.nii.gz").exists():
-        pytest.skip(f"real CT sample not found at {SAMPLE.resolve()}")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(SAMPLE / "dicom")))
-    ct = sitk.GetArrayFromImage(reader.Execute())
-    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "liver_mask.nii.gz"))) > 0
-    lo, hi = HU_RANGES["liver"][PHASES.index("portal")]
-    assert lo <= np.median(ct[liver]) <= hi
-    fat = ct[(ct > -200) & (ct < -30)]
-    peak = np.bincount((fat + 200).astype(int)).argmax() - 200
-    assert HU_RANGES["fat"][0] <= peak <= HU_RANGES["fat"][1]
-
-
 @pytest.mark.slow
 def test_resolution_does_not_change_the_anatomy() -> None:
     """1.5 mm and 4 mm renderings of one seed hold the same liver (volume within 3%)."""
@@ -335,6 +231,6 @@ def test_resolution_does_not_change_the_anatomy() -> None:
     assert fine.params["liver_volume_ml"] == pytest.approx(
         coarse.params["liver_volume_ml"], rel=0.03
     )
-    com_f = _centre_of_mass_lps(sitk.GetArrayFromImage(fine.liver) > 0, fine.liver)
-    com_c = _centre_of_mass_lps(sitk.GetArrayFromImage(coarse.liver) > 0, coarse.liver)
+    com_f = centre_of_mass_lps(sitk.GetArrayFromImage(fine.liver) > 0, fine.liver)
+    com_c = centre_of_mass_lps(sitk.GetArrayFromImage(coarse.liver) > 0, coarse.liver)
     assert np.linalg.norm(com_f - com_c) < 2.0
