@@ -39,15 +39,24 @@ import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
 from model_zoo import create_network  # noqa: E402
-from model_zoo.card import InputContract  # noqa: E402
+from model_zoo.card import InputContract, ModelCard  # noqa: E402
 from model_zoo.preprocessing import hu_to_input_units, prepare  # noqa: E402
+from service.options import resolve_options  # noqa: E402
 from service.sliding_window import sliding_window_inference, window_starts  # noqa: E402
 
 HU_WINDOW = (-200.0, 300.0)
 AIR_THRESHOLD_HU = -500.0  # windows at or below this (after the window clip: its floor) are air
-OVERLAP, MODE, SIGMA = 0.5, "gaussian", 0.125
 FEATURES = [8, 16, 32, 64]  # a slim unet3d_ds, as a CPU-served model would be
 SEED = 0
+# The benchmarked network's card; its inference options are resolved as the service resolves
+# a card's (service.options), so both engines run what a request with no options would.
+CARD = ModelCard(
+    name="unet3d_ds.bench", arch="unet3d_ds", arch_kwargs={"features": FEATURES},
+    input=InputContract(spacing_xyz_mm=(3.0, 3.0, 3.0), hu_window=HU_WINDOW, patch_size_dhw=(64, 64, 64)),
+    intended_use="benchmark only",
+)
+_OPTIONS = resolve_options(CARD)
+OVERLAP, MODE, SIGMA = _OPTIONS.overlap, _OPTIONS.mode, _OPTIONS.sigma_scale
 
 
 def synthesise_ct(shape_zyx: tuple[int, int, int], spacing_xyz_mm: tuple[float, float, float],

@@ -11,7 +11,7 @@ from service.io.decode import Upload, decode_upload
 from service.io.encode import image_to_nifti_bytes, mask_to_nifti_bytes, preview_png
 from service.io.seg import make_seg
 from service.jobs import JobRecord, JobStore
-from service.requests import SegmentParams, inference_options
+from service.options import SegmentParams, resolve_options
 from service.results import build_summary
 from service.settings import Settings
 from service.worker import InferenceWorker, SegmentTask
@@ -94,7 +94,9 @@ class JobRunner:
                 last[0] = time.monotonic()
                 self.store.set_progress(job.id, 0.05 + 0.85 * fraction)
 
-        task = SegmentTask(volume.image, params.model or self.settings.model, inference_options(params, self.settings), progress)
+        model_name = params.model or self.settings.model
+        options = resolve_options(self.worker.check_model(model_name), params, self.settings)
+        task = SegmentTask(volume.image, model_name, options, progress)
         while True:
             try:
                 future = self.worker.submit(task)

@@ -16,7 +16,6 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from model_zoo.card import ModelCard
 from model_zoo.preprocessing import (
     AIR_HU,
     PreparedVolume,
@@ -27,41 +26,11 @@ from model_zoo.preprocessing import (
 )
 from model_zoo.registry import LoadedModel
 from service.confidence import ConfidenceSummary, confidence_map, summarise_confidence
-from service.errors import InvalidOption
+from service.options import InferenceOptions, check_options
 from service.sliding_window import sliding_window_inference
 
 LIVER = 1
 Progress = Callable[[float], None]
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """How to run one segmentation; None means the model card's default."""
-
-    tta: bool = False
-    overlap: float | None = None
-    depth: int | None = None
-    batch_size: int = 4
-    window_device: str = "cpu"
-    output_device: str | None = None  # None: aggregate on the window device
-    skip_air_hu: float | None = -500.0
-    confidence_map: bool = False
-    low_confidence: float = 0.5
-    review_fraction: float = 0.45  # Settings.confidence_review_threshold
-
-
-def check_options(card: ModelCard, options: InferenceOptions) -> None:
-    """InvalidOption for options this model cannot take: checked when a request or job is accepted,
-    so that a job does not fail after its 202, and again when it runs."""
-    if options.depth is None:
-        return
-    if card.arch != "unetpp3d":
-        raise InvalidOption(f"depth applies to UNet++ models only; {card.name} is a {card.arch}: leave depth out.")
-    features = card.arch_kwargs.get("features")
-    if features is not None and options.depth > len(features) - 1:
-        raise InvalidOption(
-            f"{card.name} has depth {len(features) - 1}; depth={options.depth} asks for more: use 1..{len(features) - 1}."
-        )
 
 
 @dataclass
@@ -94,7 +63,7 @@ def predict_probabilities(
         the model grid.
     """
     card = model.card
-    check_options(card, options)
+    check_options(card, options)  # resolve_options checked them already; options built by hand are checked here
     forward_kwargs: dict[str, object] = {"deep_supervision": True}
     if options.depth is not None:
         forward_kwargs["depth"] = options.depth
@@ -106,7 +75,6 @@ def predict_probabilities(
         outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
         return [torch.softmax(o.float(), dim=1) for o in outputs]
 
-    defaults = card.inference
     skip_below = None
     if options.skip_air_hu is not None:
         skip_below = hu_to_input_units(options.skip_air_hu, card.input)
@@ -115,14 +83,14 @@ def predict_probabilities(
         image,
         card.input.patch_size_dhw,
         predictor,
-        overlap=defaults.overlap if options.overlap is None else options.overlap,
+        overlap=options.overlap,
         batch_size=options.batch_size,
-        mode=defaults.mode,
-        sigma_scale=defaults.sigma_scale,
+        mode=options.mode,
+        sigma_scale=options.sigma_scale,
         window_device=torch.device(options.window_device),
         output_device=torch.device(options.output_device or options.window_device),
         heads=True,
-        mirror_axes=tuple(defaults.mirror_axes) if options.tta else (),
+        mirror_axes=options.mirror_axes if options.tta else (),
         skip_below=skip_below,
         pad_value=hu_to_input_units(AIR_HU, card.input),  # beyond the scan is air, in any normalisation
         progress=None if progress is None else (lambda done, total: progress(done / max(total, 1))),

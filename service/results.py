@@ -25,7 +25,6 @@ def build_summary(volume: Volume, result: WorkerResult, timings_s: dict[str, flo
             min_lps_mm=seg.bbox_min_lps_mm,
             max_lps_mm=seg.bbox_max_lps_mm,
         )
-    options = asdict(seg.options)
     return Summary(
         model=card.name,
         model_sha256=card.weights_sha256,
@@ -47,7 +46,7 @@ def build_summary(volume: Volume, result: WorkerResult, timings_s: dict[str, flo
         windows_total=seg.windows_total,
         windows_skipped=seg.windows_skipped,
         oom_fallback=result.oom_fallback,
-        options={k: options[k] for k in ("tta", "overlap", "depth", "batch_size")},
+        options=seg.options.reported(),
         timings_s={k: round(v, 4) for k, v in {**timings_s, **seg.timings_s, "queued": result.queued_s}.items()},
     )
 

@@ -43,11 +43,14 @@ class Settings(BaseSettings):
     )
 
     # Inference
-    window_batch_size: int = Field(4, ge=1)
+    # Unset inference settings leave the decision to the model card (service.options says how).
+    window_batch_size: int | None = Field(None, ge=1, description="Windows per forward pass; unset: the model card's.")
     overlap: float | None = Field(
         None, ge=0.0, lt=1.0, description="Sliding-window overlap when a request gives none; unset: the model card's."
     )
-    skip_air_hu: float | None = Field(-500.0, description="Windows whose every voxel is below this HU are skipped.")
+    skip_air_hu: float | None = Field(
+        None, description="Windows whose every voxel is below this HU are skipped; unset: the model card's."
+    )
     confidence_review_threshold: float = Field(
         0.45, ge=0, le=1,
         description="Flag review above this low-confidence fraction (0.45: chosen on held-out phantoms, README).",

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,15 +62,11 @@ def predict_case(
     """The service's mask (uint8 0/1 on `image`'s grid), its confidence map if asked for, and the
     fraction of the liver below the low-confidence line (what drives "review recommended").
     `tta` and `overlap` are the request's options of the same names (None: the card's overlap)."""
-    from service.pipeline import InferenceOptions, segment  # the service's own path
+    from service.options import SegmentParams, resolve_options  # the service's own path
+    from service.pipeline import segment
 
-    options = InferenceOptions(
-        tta=tta,
-        overlap=overlap,
-        window_device=device,
-        batch_size=model.card.inference.window_batch_size,
-        confidence_map=confidence,
-    )
+    request = SegmentParams(tta=tta, overlap=overlap, confidence=confidence)
+    options = replace(resolve_options(model.card, request), window_device=device)
     result = segment(image, model, options)
     return result.mask, result.confidence, result.confidence_summary.fraction_below_threshold
 

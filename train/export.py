@@ -48,6 +48,11 @@ def code_revision() -> str:
     return f"{head}-dirty" if dirty else head or "unknown"
 
 
+# What the cards we write say about air: windows wholly below it carry no liver and are not run
+# (the service skipped them so before cards said it, and the bundled card says it).
+SKIP_AIR_HU = -500.0
+
+
 def build_card(config: TrainConfig, training: Training, metrics: dict[str, float] | None = None) -> ModelCard:
     """The card of a run's weights: `config`'s network and contract, `training`'s record, `metrics`."""
     flips = tuple(a for a in config.augment.flip_axes) if config.augment.p_flip > 0 else ()
@@ -58,7 +63,7 @@ def build_card(config: TrainConfig, training: Training, metrics: dict[str, float
         arch_kwargs=config.arch_kwargs,
         input=config.contract(),
         # nnU-Net allows test-time mirroring over the axes flipped in training, and only those.
-        inference=InferenceDefaults(mirror_axes=flips),
+        inference=InferenceDefaults(mirror_axes=flips, skip_air_hu=SKIP_AIR_HU),
         training=training,
         metrics=metrics or {},
         confidence=CONFIDENCE_METHOD,

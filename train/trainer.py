@@ -23,10 +23,11 @@ from torch import nn
 from tqdm import tqdm
 
 from model_zoo.architectures import create_network
-from model_zoo.card import InferenceDefaults, ModelCard, Training
+from model_zoo.card import ModelCard, Training
 from model_zoo.device import resolve_device
 from model_zoo.preprocessing import hu_to_input_units
 from model_zoo.registry import load_model
+from service.options import resolve_options
 from service.sliding_window import sliding_window_inference
 from train.augment import Augmenter
 from train.config import VALIDATION_PHANTOM_SEED, TrainConfig
@@ -47,9 +48,6 @@ from train.state import load_state, save_state
 from train.widen import WIDENABLE_ARCHS, widen_unet3d_ds
 
 log = logging.getLogger(__name__)
-
-# The service's default air threshold for window skipping (Settings.skip_air_hu): validate the same.
-SERVICE_SKIP_AIR_HU = -500.0
 
 
 @dataclass
@@ -194,8 +192,9 @@ class Trainer:
                            aux_factor=aux, seconds=time.perf_counter() - start)
 
     def validate(self) -> float:
-        """Mean Dice of the argmax over the validation volumes, on the model grid (service windows)."""
-        defaults = InferenceDefaults()
+        """Mean Dice of the argmax over the validation volumes, on the model grid, run with the
+        options the service would resolve for this run's card (service.options)."""
+        options = resolve_options(self.card())
         network = self.network.eval()
 
         def predictor(window: torch.Tensor) -> torch.Tensor:
@@ -205,10 +204,9 @@ class Trainer:
         for case in self.val_cases:
             image = torch.from_numpy(case.image)[None, None].to(self.device)
             result = sliding_window_inference(
-                image, self.contract.patch_size_dhw, predictor, overlap=defaults.overlap,
-                batch_size=defaults.window_batch_size, mode=defaults.mode,
-                sigma_scale=defaults.sigma_scale,
-                skip_below=hu_to_input_units(SERVICE_SKIP_AIR_HU, self.contract),
+                image, self.contract.patch_size_dhw, predictor, overlap=options.overlap,
+                batch_size=options.batch_size, mode=options.mode, sigma_scale=options.sigma_scale,
+                skip_below=None if options.skip_air_hu is None else hu_to_input_units(options.skip_air_hu, self.contract),
                 autocast=self.amp,
             )
             prediction = result.main[0].argmax(0).cpu().numpy() == 1

@@ -17,7 +17,8 @@ import torch
 from model_zoo.preprocessing import prepare
 from model_zoo.registry import get_card, list_cards, load_model
 from service.io.decode import Upload, decode_upload
-from service.pipeline import InferenceOptions, segment
+from service.options import InferenceOptions
+from service.pipeline import segment
 from service.settings import Settings
 from tests.conftest import dice
 from train.phantoms import make_phantom

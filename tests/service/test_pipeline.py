@@ -14,7 +14,8 @@ from torch import nn
 from model_zoo.card import InputContract, ModelCard
 from model_zoo.registry import LoadedModel
 from service.errors import InvalidOption
-from service.pipeline import InferenceOptions, postprocess, segment
+from service.options import InferenceOptions
+from service.pipeline import postprocess, segment
 from tests.conftest import ORIENTATIONS, dice, rotation, sphere_ct
 
 

@@ -10,7 +10,7 @@ import torch
 
 from service import worker as worker_module
 from service.errors import Busy, InvalidOption
-from service.pipeline import InferenceOptions
+from service.options import InferenceOptions
 from service.worker import InferenceWorker, SegmentTask
 from tests.conftest import ORIENTATIONS, dice, sphere_ct
 from tests.service.test_pipeline import threshold_model

@@ -17,8 +17,7 @@ from service.api.uploads import FileField, FilesField, collect, spool
 from service.errors import NotFound, NotReady, UnsupportedOutput
 from service.job_runner import CONFIDENCE, MASK, NO_SEG, PREVIEW, SEG
 from service.jobs import JobRecord, JobStore, is_job_id, not_found
-from service.pipeline import check_options
-from service.requests import SegmentParams, inference_options
+from service.options import SegmentParams, resolve_options
 from service.results import warnings_header
 from service.schemas import ErrorBody, Job
 from service.worker import InferenceWorker
@@ -112,8 +111,8 @@ async def create_job(
     parts = collect(file, files)
     if params.output not in ("nifti", "json"):
         raise UnsupportedOutput("A job makes every output; fetch them from its links (leave 'output' out).")
-    card = worker.check_model(params.model or settings.model)
-    check_options(card, inference_options(params, settings))  # refused now, not failed after the 202
+    # Resolved now, so that options the model cannot take are refused here, not failed after the 202.
+    resolve_options(worker.check_model(params.model or settings.model), params, settings)
     limits = {"max_jobs": settings.max_queued_jobs, "max_bytes": settings.max_queued_bytes}
     await run_in_threadpool(store.check_room, **limits)  # before spooling: a full queue costs no disk
     with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.data_dir) as folder:

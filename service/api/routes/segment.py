@@ -17,8 +17,7 @@ from service.api.responses import ERRORS
 from service.api.uploads import FileField, FilesField, collect, spool
 from service.errors import Busy, UnsupportedOutput
 from service.io.decode import decode_upload
-from service.pipeline import check_options
-from service.requests import SegmentParams, inference_options
+from service.options import SegmentParams, resolve_options
 from service.results import build_summary, encode_output, summary_headers
 from service.schemas import Summary
 from service.worker import SegmentTask
@@ -48,8 +47,7 @@ async def segment(
     """Segment the liver in one CT and answer when it is done (large studies: use /jobs)."""
     parts = collect(file, files)
     model_name = params.model or settings.model
-    options = inference_options(params, settings)
-    check_options(worker.check_model(model_name), options)
+    options = resolve_options(worker.check_model(model_name), params, settings)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.data_dir) as folder:
         uploads = await run_in_threadpool(spool, parts, Path(folder))
