@@ -41,7 +41,7 @@ Public API:
 from __future__ import annotations
 
 from train.phantoms.dicom import write_dicom_series
-from train.phantoms.make import Phantom, make_phantom
+from train.phantoms.make import ANATOMIES, Phantom, make_phantom
 from train.phantoms.tissues import (
     AIR,
     AORTA,
@@ -88,6 +88,7 @@ from train.phantoms.tissues import (
 )
 
 __all__ = [
+    "ANATOMIES",
     "Phantom",
     "make_phantom",
     "write_dicom_series",

@@ -47,6 +47,23 @@ class Phantom:
     tissues: sitk.Image | None = None  # uint8 tissue codes (AIR, LUNG, LIVER, ...) on the same grid
 
 
+ANATOMIES: tuple[int, ...] = (1, 2)
+# The generators of anatomy 1, in spawn order: never reorder, insert into or shorten this list.
+CLASSIC_GENERATORS = (
+    "scan",
+    "body",
+    "organs",
+    "lesions",
+    "hu",
+    "fields",
+    "vessels",
+    "bowel",
+    "noise",
+    "texture",
+)
+ANATOMY2_GENERATORS: tuple[str, ...] = ()
+
+
 def make_phantom(
     seed: int,
     *,
@@ -64,6 +81,7 @@ def make_phantom(
     arms: bool | None = None,
     table: bool | None = None,
     fov_circle: bool | None = None,
+    anatomy: int = 2,
 ) -> Phantom:
     """A synthetic abdominal CT (HU, int16) and its liver label (uint8 0/1) on the same grid.
 
@@ -84,24 +102,21 @@ def make_phantom(
       fov_mm (in-plane field of view), slice_thickness_mm, noise_sd_hu, blur_sigma_mm,
       n_lesions (0..MAX_LESIONS), fatty_liver, arms, table, fov_circle (pad outside the
       reconstruction circle).
-    Raises ValueError for a negative seed, an unknown phase, a non-orthonormal direction or a
-    bad size.
+      anatomy: which anatomy to draw (ANATOMIES). 1 is the classic generator, kept so that its
+        phantoms (the old held-out set, the bundled model's training data) stay reproducible:
+        anatomy=1 gives exactly the arrays and params it always gave. 2 (the default) adds what
+        real scans hold (see the package docstring); a seed's classic draws are the same in both.
+    Raises ValueError for a negative seed, an unknown phase or anatomy, a non-orthonormal
+    direction or a bad size.
     """
     if int(seed) < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    if anatomy not in ANATOMIES:
+        raise ValueError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
     seq = np.random.SeedSequence(int(seed))
-    names = (
-        "scan",
-        "body",
-        "organs",
-        "lesions",
-        "hu",
-        "fields",
-        "vessels",
-        "bowel",
-        "noise",
-        "texture",
-    )
+    # One generator per topic. Anatomy 2's come after the classic ones: a SeedSequence child keeps
+    # its index whatever is spawned after it, so the classic draws are the same in both anatomies.
+    names = CLASSIC_GENERATORS + ANATOMY2_GENERATORS
     rngs = dict(zip(names, (np.random.default_rng(s) for s in seq.spawn(len(names))), strict=True))
     scan = draw_scan(rngs["scan"])
     body = draw_body(rngs["body"])
@@ -198,10 +213,10 @@ def make_phantom(
         spacing_c = np.full(3, iso)
 
     canvas = Canvas(origin_c, spacing_c, size_c, (bcx, bcy), dome_z, math.radians(body["roll_deg"]))
-    anatomy = Anatomy(body, organs, lesions, rngs)
-    anatomy.paint(canvas)
+    anat = Anatomy(body, organs, lesions, rngs)
+    anat.paint(canvas)
     hu = hu_values(scan["phase"], hu_u, organs, lesions, scan["hu_offset"])
-    img = intensities(anatomy, canvas, hu, scan, tex, rngs["noise"], len(lesions))
+    img = intensities(anat, canvas, hu, scan, tex, rngs["noise"], len(lesions))
     is_liver = np.zeros(256, np.uint8)
     is_liver[list(LIVER_CODES)] = 1
     label = is_liver[canvas.tissue]
@@ -264,4 +279,6 @@ def make_phantom(
             sitk.GetArrayViewFromImage(lab_img).sum() * np.prod(lab_img.GetSpacing()) / 1000.0
         ),
     }
+    if anatomy != 1:  # anatomy 1's params stay exactly what they were: no key means anatomy 1
+        params = {"seed": params.pop("seed"), "anatomy": anatomy, **params}
     return Phantom(ct=ct_img, liver=lab_img, params=params, tissues=tis_img)

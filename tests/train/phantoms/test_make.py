@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -220,6 +221,133 @@ def test_bad_arguments(kwargs: dict, message: str) -> None:
 def test_negative_seed_is_refused() -> None:
     with pytest.raises(ValueError, match="non-negative"):
         make_phantom(-1)
+
+
+# Anatomy 1's phantoms, hashed from the code as it was before anatomy 2 existed (commit cdb40dc,
+# train/phantoms.py): sha256 prefixes of the arrays' bytes, of json.dumps(params, sort_keys=True)
+# and of the geometry. Drawn scans (a slab, a chest-to-pelvis scan), given ranges, lesions, a fatty
+# liver, arms, the reconstruction circle, an oblique, a sized and a flipped grid.
+COS20, SIN20 = float(np.cos(np.radians(20.0))), float(np.sin(np.radians(20.0)))
+CLASSIC_CASES = {
+    "seed0_drawn_8mm": (0, {"spacing_xyz_mm": (8.0, 8.0, 8.0)}),
+    "seed15_drawn_chest_8mm": (15, {"spacing_xyz_mm": (8.0, 8.0, 8.0)}),
+    "seed3_arterial_6mm": (
+        3,
+        {
+            "spacing_xyz_mm": (6.0, 6.0, 6.0),
+            "z_range": (-300.0, 60.0),
+            "phase": "arterial",
+            "direction": IDENTITY,
+        },
+    ),
+    "seed4_lesions_fatty": (
+        4,
+        {
+            "spacing_xyz_mm": (7.0, 7.0, 6.0),
+            "z_range": (-200.0, 20.0),
+            "n_lesions": 5,
+            "fatty_liver": True,
+            "arms": True,
+            "fov_circle": True,
+        },
+    ),
+    "seed9_oblique": (
+        9,
+        {
+            "spacing_xyz_mm": (8.0, 8.0, 8.0),
+            "z_range": (-150.0, 30.0),
+            "direction": (COS20, -SIN20, 0.0, SIN20, COS20, 0.0, 0.0, 0.0, 1.0),
+        },
+    ),
+    "seed21_sized_flipped": (
+        21,
+        {
+            "spacing_xyz_mm": (8.0, 8.0, 6.0),
+            "size_xyz": (48, 44, 20),
+            "z_range": (-120.0, 0.0),
+            "direction": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0),
+            "phase": "delayed",
+        },
+    ),
+}
+CLASSIC_HASHES = {
+    "seed0_drawn_8mm": {
+        "ct": "4f5b910b7c7be4be",
+        "liver": "7b3bfec6dd6de34a",
+        "tissues": "58c9c1eb86488644",
+        "params": "228dceaef9c9701c",
+        "geometry": "4950d89435c1378a",
+    },
+    "seed15_drawn_chest_8mm": {
+        "ct": "7bf0518089a71e62",
+        "liver": "d70abdcbdb89b0da",
+        "tissues": "f92907f8616a5c53",
+        "params": "54e0e5f3282186c3",
+        "geometry": "4279738ca21dbaaa",
+    },
+    "seed3_arterial_6mm": {
+        "ct": "9fd38174b72cea35",
+        "liver": "9991d02fe09eec8a",
+        "tissues": "b228ff5e2673c939",
+        "params": "dffc7fcdff9abdf9",
+        "geometry": "48247b9b0e909e1a",
+    },
+    "seed4_lesions_fatty": {
+        "ct": "70ed06fe3b7292b8",
+        "liver": "c355c9d641038b92",
+        "tissues": "30ee25eff03ef229",
+        "params": "52c891ede35110f7",
+        "geometry": "ca91f7611044119e",
+    },
+    "seed9_oblique": {
+        "ct": "0f06e0c9c75cef25",
+        "liver": "f58c0e84ae496863",
+        "tissues": "43d105804cab569d",
+        "params": "a64df3d232005bf3",
+        "geometry": "9ab359c33007e0e4",
+    },
+    "seed21_sized_flipped": {
+        "ct": "9d816c473146c5ec",
+        "liver": "6d8803271966a054",
+        "tissues": "8d7e2605ba6dbce4",
+        "params": "1d2ae7cacb6e3b19",
+        "geometry": "703d4dafef844780",
+    },
+}
+
+
+def _hashes(p: Phantom) -> dict[str, str]:
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    grid = [p.ct.GetSize(), p.ct.GetSpacing(), p.ct.GetOrigin(), p.ct.GetDirection()]
+    return {
+        "ct": sha(sitk.GetArrayViewFromImage(p.ct).tobytes()),
+        "liver": sha(sitk.GetArrayViewFromImage(p.liver).tobytes()),
+        "tissues": sha(sitk.GetArrayViewFromImage(p.tissues).tobytes()),
+        "params": sha(json.dumps(p.params, sort_keys=True).encode()),
+        "geometry": sha(json.dumps(grid).encode()),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(CLASSIC_CASES))
+def test_anatomy_1_is_the_classic_phantom_exactly(case: str) -> None:
+    """The old held-out set stays reproducible: anatomy=1 is pixel- and params-identical."""
+    seed, kwargs = CLASSIC_CASES[case]
+    assert _hashes(make_phantom(seed, anatomy=1, **kwargs)) == CLASSIC_HASHES[case]
+
+
+def test_anatomy_2_is_deterministic_and_recorded() -> None:
+    kw = {"spacing_xyz_mm": (8.0, 8.0, 8.0), "z_range": (-250.0, 120.0)}
+    a, b = make_phantom(15, anatomy=2, **kw), make_phantom(15, **kw)
+    assert _hashes(a) == _hashes(b)
+    assert a.params["anatomy"] == 2
+    assert "anatomy" not in make_phantom(15, anatomy=1, **kw).params
+
+
+def test_unknown_anatomy_is_refused() -> None:
+    with pytest.raises(ValueError, match="anatomy must be one of"):
+        make_phantom(0, spacing_xyz_mm=(8.0, 8.0, 8.0), anatomy=3)
 
 
 @pytest.mark.slow
