@@ -57,5 +57,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; from service.settings import Settings; urllib.request.urlopen(f'http://127.0.0.1:{Settings().port}/healthz', timeout=4)"]
 
-# `python3 -m service.queue_worker` runs a queue worker from the same image (docker-compose.yml).
+# `python3 -m service.jobs.queue_worker` runs a queue worker from the same image (docker-compose.yml).
 CMD ["python3", "-m", "service"]

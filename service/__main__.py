@@ -11,7 +11,7 @@ import uvicorn
 
 from client.log_setup import configure_logging
 from service.app import create_app
-from service.jobs import JobsDatabaseError, JobStore
+from service.jobs.store import JobsDatabaseError, JobStore
 from service.settings import Settings
 
 

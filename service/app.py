@@ -12,8 +12,9 @@ from fastapi import FastAPI, Request, Response
 from service.api import errors
 from service.api.body_limit import BodyLimitMiddleware
 from service.api.routes import health, jobs, models, segment
-from service.job_runner import JobRunner
-from service.jobs import JobStore
+from service.jobs.dispatch import Dispatcher, InProcessDispatcher
+from service.jobs.runner import JobRunner
+from service.jobs.store import JobStore
 from service.metrics import Metrics
 from service.settings import Settings, get_settings
 from service.worker import InferenceWorker
@@ -41,25 +42,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.exception("could not load the default model %r", settings.model)
             worker.start(warm=[])
             worker.ready = False
+        dispatcher: Dispatcher
         try:
-            if settings.queue_url:  # scale-out: jobs go to Redis, queue workers run them (service.queue_worker)
-                from service.job_queue import QueueDispatcher
+            if settings.queue_url:  # scale-out: jobs go to Redis, queue workers run them (service.jobs.queue_worker)
+                from service.jobs.redis_queue import RedisDispatcher
 
-                runner = await QueueDispatcher.connect(store, settings)
+                dispatcher = await RedisDispatcher.connect(store, settings)
             else:
-                runner = JobRunner(store, worker, settings)
-                runner.start()
+                dispatcher = InProcessDispatcher(store, JobRunner(store, worker, settings), settings).start()
         except BaseException:
             worker.stop()
             store.close()
             raise
-        app.state.settings, app.state.worker, app.state.jobs, app.state.runner = settings, worker, store, runner
+        app.state.settings, app.state.worker, app.state.jobs = settings, worker, store
+        app.state.dispatcher = dispatcher
         log.info("liverseg ready on %s with %s", worker.device, settings.model)
         yield
-        if settings.queue_url:
-            await runner.aclose()
-        else:
-            runner.stop()
+        await dispatcher.aclose()
         worker.stop()
         store.close()
 

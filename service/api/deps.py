@@ -9,8 +9,8 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from service.errors import Unauthorized
-from service.job_runner import JobRunner
-from service.jobs import JobStore
+from service.jobs.dispatch import Dispatcher
+from service.jobs.store import JobStore
 from service.metrics import Metrics
 from service.settings import Settings
 from service.worker import InferenceWorker
@@ -28,8 +28,8 @@ def get_jobs(request: Request) -> JobStore:
     return request.app.state.jobs
 
 
-def get_runner(request: Request) -> JobRunner:
-    return request.app.state.runner
+def get_dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
 
 
 def get_metrics(request: Request) -> Metrics:
@@ -39,7 +39,7 @@ def get_metrics(request: Request) -> Metrics:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 WorkerDep = Annotated[InferenceWorker, Depends(get_worker)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
-RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when LIVERSEG_API_KEYS is set.")

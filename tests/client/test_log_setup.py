@@ -94,7 +94,7 @@ def test_a_traceback_loses_the_file_name_and_the_dataset_but_keeps_its_frames(tm
         except OSError as error:
             raise RuntimeError(f"could not read {ds}") from error
     except RuntimeError:
-        item = record("service.job_runner", "job %s failed", "0123abcd", exc_info=sys.exc_info())
+        item = record("service.jobs.runner", "job %s failed", "0123abcd", exc_info=sys.exc_info())
     text = formatted(item)
     assert "Zzmarker" not in text and "ZZID-4711" not in text and str(tmp_path) not in text
     assert "FileNotFoundError: [Errno 2] No such file or directory: '<redacted>'" in text
@@ -144,7 +144,7 @@ def test_configure_logging_puts_the_filter_on_handlers_already_there(restore_log
     try:
         raise problem
     except ValueError:
-        logging.getLogger("service.job_runner").exception("job %s failed", "0123abcd")
+        logging.getLogger("service.jobs.runner").exception("job %s failed", "0123abcd")
     for text in (capsys.readouterr().err, existing.stream.getvalue()):  # both handlers, each whole
         assert "ValueError: '<redacted>' is not a valid PatientSexValues" in text and "Zzmarker" not in text
         assert f'File "{__file__}", line' in text

@@ -76,7 +76,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 
 
 class QueueWorker:
-    """`python -m service.queue_worker` in its own process, as a compose worker replica runs it."""
+    """`python -m service.jobs.queue_worker` in its own process, as a compose worker replica runs it."""
 
     def __init__(self, env: dict[str, str], log: Path):
         self.env = process_env(env)
@@ -92,7 +92,7 @@ class QueueWorker:
     def start(self) -> QueueWorker:
         """Start the process; returns at once (wait_ready waits for the model to be loaded)."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.queue_worker"], cwd=REPO, env=self.env,
+            [sys.executable, "-m", "service.jobs.queue_worker"], cwd=REPO, env=self.env,
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
         )
         return self

@@ -109,8 +109,8 @@ def test_compose_file_parses_and_wires_gpu_port_volume_and_scale_profile() -> No
 
     # The commands are real modules of the project, the API's the one `make serve` runs.
     assert api["command"] == ["python3", "-m", "service"]
-    assert worker["command"] == ["python3", "-m", "service.queue_worker"]
-    assert importlib.util.find_spec("service.queue_worker") is not None
+    assert worker["command"] == ["python3", "-m", "service.jobs.queue_worker"]
+    assert importlib.util.find_spec("service.jobs.queue_worker") is not None
     # Workers find the compose Redis by its service name and wait for it to answer.
     assert worker["environment"]["LIVERSEG_QUEUE_URL"] == "redis://redis:6379/0"
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"

@@ -42,14 +42,14 @@ def segmenting(job: dict) -> bool:
 
 
 def test_the_queue_worker_does_not_import_fastapi() -> None:
-    code = "import sys, service.queue_worker; print('fastapi' in sys.modules, 'uvicorn' in sys.modules)"
+    code = "import sys, service.jobs.queue_worker; print('fastapi' in sys.modules, 'uvicorn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
 
 def test_gpus_are_claimed_one_worker_each(redis_url: str) -> None:
-    from service.job_queue import redis_settings
-    from service.queue_worker import claim_gpu
+    from service.jobs.queue_worker import claim_gpu
+    from service.jobs.redis_queue import redis_settings
 
     async def scenario() -> list[int | None]:
         from arq import create_pool
@@ -68,8 +68,8 @@ def test_gpus_are_claimed_one_worker_each(redis_url: str) -> None:
 
 
 def test_an_unreachable_queue_answers_503_and_keeps_no_job(tmp_path, settings) -> None:
-    from service.job_queue import QueueDispatcher
-    from service.jobs import JobStore
+    from service.jobs.redis_queue import RedisDispatcher
+    from service.jobs.store import JobStore
 
     store = JobStore(tmp_path / "var")
     upload = tmp_path / "ct.nii.gz"
@@ -83,14 +83,14 @@ def test_an_unreachable_queue_answers_503_and_keeps_no_job(tmp_path, settings) -
     from service.errors import Busy
 
     with pytest.raises(Busy, match="queue is unreachable") as caught:
-        asyncio.run(QueueDispatcher(store, settings, DeadPool()).submit(record.id))
+        asyncio.run(RedisDispatcher(store, settings, DeadPool()).submit(record.id))
     assert caught.value.retry_after_s == 10
     assert store.get(record.id) is None and not store.folder(record.id).exists()
 
 
 def test_jobs_redis_lost_are_queued_again_when_an_api_connects(tmp_path, settings, redis_url) -> None:
-    from service.job_queue import QUEUE_NAME, QueueDispatcher
-    from service.jobs import JobStore
+    from service.jobs.redis_queue import QUEUE_NAME, RedisDispatcher
+    from service.jobs.store import JobStore
 
     store = JobStore(tmp_path / "var")
     ids = []
@@ -104,10 +104,10 @@ def test_jobs_redis_lost_are_queued_again_when_an_api_connects(tmp_path, setting
 
     async def scenario() -> tuple[list[bytes], int]:
         # Redis has no job (restarted without its data, or the API died before queueing them).
-        first = await QueueDispatcher.connect(store, settings)
+        first = await RedisDispatcher.connect(store, settings)
         queued = await first.pool.zrange(QUEUE_NAME, 0, -1)
         # A second API replica starting finds them queued: nothing is queued twice.
-        second = await QueueDispatcher.connect(store, settings)
+        second = await RedisDispatcher.connect(store, settings)
         again = await second.requeue_unfinished()
         await first.aclose()
         await second.aclose()

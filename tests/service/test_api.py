@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.jobs import JobsDatabaseError
+from service.jobs.store import JobsDatabaseError
 from service.settings import Settings
 from tests.conftest import ORIENTATIONS, TINY, nifti_bytes, read_nifti, sphere_ct, wait_for_job
 
@@ -155,7 +155,7 @@ def test_post_jobs_answers_503_with_retry_after_once_the_queue_is_full(settings,
     _, data = ct_bytes
     bounded = settings.model_copy(update={"max_queued_jobs": 3})
     with TestClient(create_app(bounded)) as client:
-        client.app.state.runner.stop()  # nothing runs: every job accepted stays queued
+        client.app.state.dispatcher.stop()  # nothing runs: every job accepted stays queued
         answers = [client.post("/jobs", files={"file": ("ct.nii.gz", data)}) for _ in range(5)]
         assert [a.status_code for a in answers] == [202, 202, 202, 503, 503]
         busy = answers[-1]
@@ -172,7 +172,7 @@ def test_post_jobs_bounds_the_bytes_queued_jobs_hold(settings, ct_bytes) -> None
     _, data = ct_bytes
     bounded = settings.model_copy(update={"max_queued_bytes": len(data) * 3 // 2})
     with TestClient(create_app(bounded)) as client:
-        client.app.state.runner.stop()
+        client.app.state.dispatcher.stop()
         answers = [client.post("/jobs", files={"file": ("ct.nii.gz", data)}) for _ in range(2)]
         assert [a.status_code for a in answers] == [202, 503]
         assert "LIVERSEG_MAX_QUEUED_BYTES" in answers[1].json()["detail"]

@@ -11,15 +11,15 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
-from service.api.deps import JobsDep, RunnerDep, SettingsDep, WorkerDep, require_api_key
+from service.api.deps import DispatcherDep, JobsDep, SettingsDep, WorkerDep, require_api_key
 from service.api.responses import ERRORS
 from service.api.uploads import FileField, FilesField, collect, spool
 from service.errors import NotFound, NotReady, UnsupportedOutput
-from service.job_runner import CONFIDENCE, MASK, NO_SEG, PREVIEW, SEG
-from service.jobs import JobRecord, JobStore, is_job_id, not_found
+from service.jobs.store import JobRecord, JobStore, is_job_id, not_found
 from service.options import SegmentParams, resolve_options
-from service.results import warnings_header
 from service.schemas import ErrorBody, Job
+from service.segmentation import JOB_FILES
+from service.summary import warnings_header
 from service.worker import InferenceWorker
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
@@ -65,9 +65,9 @@ def _job(record: JobRecord, store: JobStore, worker: InferenceWorker) -> Job:
     links = {"self": base}
     if record.state == "done":
         links |= {"mask": f"{base}/mask", "preview": f"{base}/preview.png"}
-        if (store.folder(record.id) / CONFIDENCE).exists():
+        if (store.folder(record.id) / JOB_FILES["confidence"]).exists():
             links["confidence"] = f"{base}/confidence"
-        if (store.folder(record.id) / SEG).exists():
+        if (store.folder(record.id) / JOB_FILES["seg"]).exists():
             links["seg"] = f"{base}/seg"
     return Job(
         id=record.id, state=record.state, progress=record.progress, created_at=record.created_at,
@@ -84,15 +84,15 @@ def _record(store: JobStore, job_id: str) -> JobRecord:
     return record
 
 
-def _finished_file(store: JobStore, job_id: str, name: str, what: str) -> Path:
+def _finished_file(store: JobStore, job_id: str, link: str, what: str) -> Path:
     record = _record(store, job_id)
     if record.state == "failed":
         raise NotReady(f"The job failed ({record.error}): {record.detail}")
     if record.state != "done":
         raise NotReady(f"The job is {record.state} ({record.progress:.0%}); its {what} is not ready yet.")
-    path = store.folder(job_id) / name
+    path = store.folder(job_id) / JOB_FILES[link]
     if not path.exists():
-        raise NotFound(f"This job has no {what}" + (" (ask for it with confidence=true)." if name == CONFIDENCE else "."))
+        raise NotFound(f"This job has no {what}" + (" (ask for it with confidence=true)." if link == "confidence" else "."))
     return path
 
 
@@ -101,7 +101,7 @@ async def create_job(
     params: Annotated[SegmentParams, Query()],
     settings: SettingsDep,
     store: JobsDep,
-    runner: RunnerDep,
+    dispatcher: DispatcherDep,
     worker: WorkerDep,
     response: Response,
     file: FileField = None,
@@ -120,7 +120,7 @@ async def create_job(
         record = await run_in_threadpool(
             store.create, params.model_dump(), [(u.filename, u.path) for u in uploads], **limits
         )
-    await runner.submit(record.id)
+    await dispatcher.submit(record.id)
     response.headers["Location"] = f"/jobs/{record.id}"
     return _job(record, store, worker)
 
@@ -134,14 +134,14 @@ def get_job(job_id: JobId, store: JobsDep, worker: WorkerDep) -> Job:
 @router.get("/{job_id}/mask", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
 def get_mask(job_id: JobId, store: JobsDep) -> FileResponse:
     """The liver mask, .nii.gz uint8 on the input's exact grid."""
-    return FileResponse(_finished_file(store, job_id, MASK, "mask"), media_type="application/gzip", filename="liver_mask.nii.gz")
+    return FileResponse(_finished_file(store, job_id, "mask", "mask"), media_type="application/gzip", filename="liver_mask.nii.gz")
 
 
 @router.get("/{job_id}/confidence", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
 def get_confidence(job_id: JobId, store: JobsDep) -> FileResponse:
     """The confidence map, .nii.gz float32 in [0, 1] on the input's grid (jobs made with confidence=true)."""
     return FileResponse(
-        _finished_file(store, job_id, CONFIDENCE, "confidence map"), media_type="application/gzip",
+        _finished_file(store, job_id, "confidence", "confidence map"), media_type="application/gzip",
         filename="liver_confidence.nii.gz",
     )
 
@@ -153,25 +153,19 @@ def get_confidence(job_id: JobId, store: JobsDep) -> FileResponse:
 def get_seg(job_id: JobId, store: JobsDep) -> FileResponse:
     """The liver as a DICOM SEG referencing the uploaded series; 422 when the input was not DICOM."""
     record = _record(store, job_id)
-    warnings = ((record.summary or {}).get("input") or {}).get("warnings") or []
-    if record.state == "done" and not (store.folder(job_id) / SEG).exists():
-        # The input's fault, as for output=dicom-seg on /segment: 422, with the reason.
-        source = ((record.summary or {}).get("input") or {}).get("source", "unknown")
-        if source != "dicom":
-            raise UnsupportedOutput(
-                f"DICOM SEG output needs a DICOM input to reference; this job's input was {source}. "
-                "Fetch the mask (/mask) instead."
-            )
-        reason = next((w for w in warnings if w.startswith(NO_SEG)), f"{NO_SEG} for this job.")
+    if record.state == "done" and not (store.folder(job_id) / JOB_FILES["seg"]).exists():
+        # The input's fault, as for output=dicom-seg on /segment: 422, with the reason the job keeps.
+        reason = record.no_seg_reason or "No DICOM SEG was made for this job."
         raise UnsupportedOutput(f"{reason} Fetch the mask (/mask) instead.")
-    path = _finished_file(store, job_id, SEG, "DICOM SEG")
+    path = _finished_file(store, job_id, "seg", "DICOM SEG")
+    warnings = ((record.summary or {}).get("input") or {}).get("warnings") or []
     return FileResponse(path, media_type="application/dicom", filename="liver_seg.dcm", headers=warnings_header(warnings))
 
 
 @router.get("/{job_id}/preview.png", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
 def get_preview(job_id: JobId, store: JobsDep) -> FileResponse:
     """Axial and coronal slices with the mask (and confidence) drawn over the CT."""
-    return FileResponse(_finished_file(store, job_id, PREVIEW, "preview"), media_type="image/png")
+    return FileResponse(_finished_file(store, job_id, "preview", "preview"), media_type="image/png")
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses={404: {"model": ErrorBody}})

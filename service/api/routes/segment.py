@@ -15,12 +15,11 @@ from fastapi.responses import JSONResponse, Response
 from service.api.deps import MetricsDep, SettingsDep, WorkerDep, require_api_key
 from service.api.responses import ERRORS
 from service.api.uploads import FileField, FilesField, collect, spool
-from service.errors import Busy, UnsupportedOutput
-from service.io.decode import decode_upload
-from service.options import SegmentParams, resolve_options
-from service.results import build_summary, encode_output, summary_headers
+from service.errors import Busy
+from service.options import SegmentParams
 from service.schemas import Summary
-from service.worker import SegmentTask
+from service.segmentation import Segmentation
+from service.summary import summary_headers
 
 router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
 
@@ -46,20 +45,12 @@ async def segment(
 ) -> Response:
     """Segment the liver in one CT and answer when it is done (large studies: use /jobs)."""
     parts = collect(file, files)
-    model_name = params.model or settings.model
-    options = resolve_options(worker.check_model(model_name), params, settings)
-    started = time.perf_counter()
+    segmentation = Segmentation(params, settings, worker)  # an unknown model or option: before the upload is read
     with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.data_dir) as folder:
         uploads = await run_in_threadpool(spool, parts, Path(folder))
-        volume = await run_in_threadpool(decode_upload, uploads, settings)
-    decode_s = time.perf_counter() - started
-    if params.output == "dicom-seg" and volume.source != "dicom":
-        raise UnsupportedOutput(
-            f"DICOM SEG output needs a DICOM input to reference; this input was {volume.source}. "
-            "Ask for output=nifti instead."
-        )
+        await run_in_threadpool(segmentation.decode, uploads)
 
-    future = worker.submit(SegmentTask(volume.image, model_name, options))
+    future = worker.submit(segmentation.task())
     try:
         result = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
     except TimeoutError:
@@ -70,11 +61,12 @@ async def segment(
             retry_after_s=30,
         ) from None
 
+    segmentation.finish(result)
     started = time.perf_counter()
     body = None
     if params.output != "json":
-        body, media_type, filename = await run_in_threadpool(encode_output, params.output, volume, result)
-    summary = build_summary(volume, result, {"decode": decode_s, "encode": time.perf_counter() - started})
+        body, media_type, filename = await run_in_threadpool(segmentation.encode, params.output)
+    summary = segmentation.summary(time.perf_counter() - started)
     metrics.observe_stages(summary.timings_s)
     if body is None:
         return JSONResponse(summary.model_dump(mode="json"))

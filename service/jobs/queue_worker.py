@@ -1,7 +1,7 @@
-"""`python -m service.queue_worker`: a GPU worker taking jobs from Redis (arq); run one per GPU.
+"""`python -m service.jobs.queue_worker`: a GPU worker taking jobs from Redis (arq); run one per GPU.
 
 Each process owns an InferenceWorker on its device and runs a job exactly as the in-process
-JobRunner does (`JobRunner.run`: decode, segment, encode; a failure is recorded on the job),
+dispatcher does (`JobRunner.run`: decode, segment, encode; a failure is recorded on the job),
 writing the results into the shared data dir, where any API replica serves them.
 
 Losing no job. arq keeps a job on the queue until it has finished and marks the one running
@@ -36,11 +36,12 @@ from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
 from client.log_setup import configure_logging
-from service.job_queue import FUNCTION, QUEUE_NAME, dumps, loads, redis_settings
-from service.job_runner import JobRunner
-from service.jobs import JobsDatabaseError, JobStore, lost_detail
+from model_zoo.device import resolve_device
+from service.jobs.redis_queue import FUNCTION, QUEUE_NAME, dumps, loads, redis_settings
+from service.jobs.runner import JobRunner
+from service.jobs.store import JobsDatabaseError, JobStore, lost_detail
 from service.settings import Settings, get_settings
-from service.worker import InferenceWorker, resolve_device
+from service.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def make_worker(settings: Settings) -> Worker:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m service.queue_worker",
+        prog="python -m service.jobs.queue_worker",
         description="Take segmentation jobs from the Redis queue at LIVERSEG_QUEUE_URL; run one per GPU.",
     )
     parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""What a finished segmentation becomes: the JSON summary and the files a client downloads."""
+"""What a client is told about a finished segmentation: the JSON summary and its X-Liverseg-* headers."""
 
 from __future__ import annotations
 
@@ -73,19 +73,3 @@ def warnings_header(warnings: list[str]) -> dict[str, str]:
         return {}
     text = " | ".join(" ".join(w.split()) for w in warnings)  # header values hold no line breaks
     return {"X-Liverseg-Warnings": text.encode("ascii", "replace").decode("ascii")}
-
-
-def encode_output(kind: str, volume: Volume, result: WorkerResult) -> tuple[bytes, str, str]:
-    """The body of a synchronous answer: (bytes, media type, file name) for output `kind`."""
-    from service.io.encode import image_to_nifti_bytes, mask_to_nifti_bytes
-
-    seg = result.segmentation
-    if kind == "nifti":
-        return mask_to_nifti_bytes(seg.mask), "application/gzip", "liver_mask.nii.gz"
-    if kind == "confidence":
-        return image_to_nifti_bytes(seg.confidence), "application/gzip", "liver_confidence.nii.gz"
-    if kind == "dicom-seg":
-        from service.io.seg import make_seg
-
-        return make_seg(volume, seg.mask, result.model.card), "application/dicom", "liver_seg.dcm"
-    raise ValueError(f"no file for output {kind!r}")

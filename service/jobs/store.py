@@ -40,6 +40,7 @@ _COLUMNS = {
     # version 2: the bytes a queued job holds on disk (backpressure) and its starts (attempt limit)
     "input_bytes": "INTEGER NOT NULL DEFAULT 0",
     "tries": "INTEGER NOT NULL DEFAULT 0",
+    "no_seg_reason": "TEXT",  # why a finished job has no DICOM SEG (None: it has one, or it is not done)
 }
 _FIELDS = ", ".join(_COLUMNS)
 
@@ -91,6 +92,7 @@ class JobRecord:
     detail: str | None
     input_bytes: int = 0
     tries: int = 0  # starts, this one included
+    no_seg_reason: str | None = None
 
 
 class JobStore:
@@ -252,11 +254,12 @@ class JobStore:
         with self._lock:
             self._db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (min(max(progress, 0.0), 1.0), job_id))
 
-    def finish(self, job_id: str, summary: dict) -> None:
+    def finish(self, job_id: str, summary: dict, no_seg_reason: str | None = None) -> None:
+        """Record a job done with its summary, and why it has no DICOM SEG when it has none."""
         with self._lock:
             self._db.execute(
-                "UPDATE jobs SET state = 'done', progress = 1, finished_at = ?, summary = ? WHERE id = ?",
-                (time.time(), json.dumps(summary), job_id),
+                "UPDATE jobs SET state = 'done', progress = 1, finished_at = ?, summary = ?, no_seg_reason = ? WHERE id = ?",
+                (time.time(), json.dumps(summary), no_seg_reason, job_id),
             )
 
     def fail(self, job_id: str, error: str, detail: str) -> None:
@@ -339,8 +342,8 @@ class JobStore:
 
 
 def _record(row: tuple) -> JobRecord:
-    job_id, state, created, started, finished, progress, params, summary, error, detail, size, tries = row
+    job_id, state, created, started, finished, progress, params, summary, error, detail, size, tries, no_seg = row
     return JobRecord(
         job_id, state, created, started, finished, progress,
-        json.loads(params), None if summary is None else json.loads(summary), error, detail, size, tries,
+        json.loads(params), None if summary is None else json.loads(summary), error, detail, size, tries, no_seg,
     )

@@ -2,9 +2,9 @@
 
 Only the job id travels through Redis. The job itself (its uploaded files, its row in the jobs
 table, its results) lives in the shared data dir, so whichever worker runs it and whichever API
-replica is asked about it see the same job. `service.queue_worker` is the other half.
+replica is asked about it see the same job. `service.jobs.queue_worker` is the other half.
 
-With LIVERSEG_QUEUE_URL unset none of this is imported: the in-process JobRunner runs the jobs.
+With LIVERSEG_QUEUE_URL unset none of this is imported: `InProcessDispatcher` runs the jobs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.exceptions import RedisError
 
 from service.errors import Busy
-from service.jobs import JobStore
+from service.jobs.store import JobStore
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,15 +56,15 @@ async def connect(settings: Settings) -> ArqRedis:
     )
 
 
-class QueueDispatcher:
-    """The API side of scale-out: accepted jobs go onto Redis instead of the in-process JobRunner."""
+class RedisDispatcher:
+    """The API side of scale-out (a `Dispatcher`): accepted jobs go onto Redis for the queue workers."""
 
     def __init__(self, store: JobStore, settings: Settings, pool: ArqRedis):
         self.store, self.settings, self.pool = store, settings, pool
         self._last_expiry = 0.0
 
     @classmethod
-    async def connect(cls, store: JobStore, settings: Settings) -> QueueDispatcher:
+    async def connect(cls, store: JobStore, settings: Settings) -> RedisDispatcher:
         """Connect to settings.queue_url (arq retries a few times, then raises) and requeue what Redis lost."""
         dispatcher = cls(store, settings, await connect(settings))
         await dispatcher.requeue_unfinished()

@@ -14,13 +14,13 @@ import pytest
 
 from service.api.routes.jobs import estimated_seconds_left
 from service.errors import Busy, NotFound
-from service.jobs import SCHEMA_VERSION, JobsDatabaseError, JobStore, stored_name
+from service.jobs.store import SCHEMA_VERSION, JobsDatabaseError, JobStore, stored_name
 
 
 def test_recent_run_seconds_are_those_of_done_jobs_newest_first(tmp_path: Path, monkeypatch) -> None:
     store = JobStore(tmp_path)
     now = [1000.0]
-    monkeypatch.setattr("service.jobs.time.time", lambda: now[0])
+    monkeypatch.setattr("service.jobs.store.time.time", lambda: now[0])
     first, failed, second, running = (store.create({}, []).id for _ in range(4))
 
     def run(job_id: str, seconds: float, fail: bool = False) -> None:
@@ -107,7 +107,7 @@ def test_a_failed_create_leaves_no_folder_and_orphans_expire(tmp_path: Path, mon
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr("service.jobs.shutil.move", full_disk)
+        patch.setattr("service.jobs.store.shutil.move", full_disk)
         with pytest.raises(OSError):
             store.create({}, [("ct.nii.gz", path)])
     assert list((tmp_path / "jobs").iterdir()) == []

@@ -1,0 +1,66 @@
+"""Running one queued job: the segmentation use case, its files written beside its input, and the
+outcome (done with its summary, or failed with the error's code and sentence) in the job store.
+The in-process dispatcher and the Redis queue worker both run jobs through `JobRunner.run`."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from service.errors import Busy, LiversegError
+from service.io.decode import Upload
+from service.jobs.store import JobRecord, JobStore
+from service.options import SegmentParams
+from service.segmentation import JOB_FILES, Segmentation
+from service.settings import Settings
+from service.worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+
+
+class JobRunner:
+    """Runs jobs of one store on one inference worker."""
+
+    def __init__(self, store: JobStore, worker: InferenceWorker, settings: Settings):
+        self.store, self.worker, self.settings = store, worker, settings
+
+    def run(self, job: JobRecord) -> None:
+        """Decode, segment and encode one job; any failure is recorded on the job, never raised."""
+        try:
+            self._run(job)
+        except LiversegError as error:
+            self.store.fail(job.id, error.code, error.detail)
+        except Exception:
+            log.exception("job %s failed", job.id)
+            self.store.fail(job.id, "internal_error", "The segmentation failed unexpectedly; the service log has details.")
+
+    def _run(self, job: JobRecord) -> None:
+        segmentation = Segmentation(SegmentParams(**job.params), self.settings, self.worker)
+        segmentation.decode([Upload(name, path) for name, path in self.store.inputs(job.id)])
+        self.store.set_progress(job.id, 0.05)
+
+        last = [0.0]
+
+        def progress(fraction: float) -> None:
+            if time.monotonic() - last[0] > 0.5 or fraction >= 1:
+                last[0] = time.monotonic()
+                self.store.set_progress(job.id, 0.05 + 0.85 * fraction)
+
+        task = segmentation.task(progress)
+        while True:
+            try:
+                future = self.worker.submit(task)
+                break
+            except Busy:
+                time.sleep(0.2)  # the synchronous route filled the queue; our turn comes
+        segmentation.finish(future.result())
+
+        if self.store.get(job.id) is None:
+            return  # deleted while it ran: drop the results
+        started = time.perf_counter()
+        folder = self.store.folder(job.id)
+        for link, data in segmentation.job_files().items():
+            (folder / JOB_FILES[link]).write_bytes(data)
+        summary = segmentation.summary(time.perf_counter() - started)
+        (folder / JOB_FILES["summary"]).write_text(summary.model_dump_json(indent=2))
+        self.store.finish(job.id, summary.model_dump(), segmentation.no_seg_reason)
