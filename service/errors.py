@@ -50,13 +50,29 @@ class UnsupportedOutput(LiversegError):
 
 
 class Busy(LiversegError):
-    """The worker's queue is full or the device ran out of memory; try again later."""
+    """The service cannot take this now (503 with Retry-After); one of the kinds below says why."""
 
     code = "busy"
 
     def __init__(self, detail: str, retry_after_s: int = 5):
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+class QueueFull(Busy):
+    """The worker's request queue, or the jobs waiting, are at their bound."""
+
+
+class ShuttingDown(Busy):
+    """The service is stopping and takes no new work."""
+
+
+class TimedOut(Busy):
+    """A synchronous segmentation did not finish within LIVERSEG_REQUEST_TIMEOUT_S."""
+
+
+class QueueUnreachable(Busy):
+    """Redis, where jobs are queued for the workers, does not answer."""
 
 
 class NotFound(LiversegError):

@@ -23,7 +23,7 @@ from model_zoo.card import ModelCard
 from model_zoo.device import resolve_device
 from model_zoo.names import UnknownNameError
 from model_zoo.registry import LoadedModel, get_card, load_model
-from service.errors import Busy, UnknownModel
+from service.errors import QueueFull, ShuttingDown, UnknownModel
 from service.pipeline import InferenceOptions, Progress, Segmentation, segment, with_fallback
 
 log = logging.getLogger(__name__)
@@ -100,14 +100,14 @@ class InferenceWorker:
         return sum(self.recent_seconds) / len(self.recent_seconds) if self.recent_seconds else None
 
     def submit(self, task: SegmentTask) -> Future[WorkerResult]:
-        """Queue a task; raises Busy when the queue is full or the worker is stopping."""
+        """Queue a task; QueueFull or ShuttingDown (both Busy: 503) when it cannot be taken."""
         if self._stopping:
-            raise Busy("The service is shutting down; try again shortly.", retry_after_s=10)
+            raise ShuttingDown("The service is shutting down; try again shortly.", retry_after_s=10)
         future: Future[WorkerResult] = Future()
         try:
             self._queue.put_nowait((future, task, time.perf_counter()))
         except queue.Full:
-            raise Busy(
+            raise QueueFull(
                 f"The inference queue is full ({self._queue.maxsize} waiting); try again shortly.",
                 # A slot frees when the running task ends: about one run from now.
                 retry_after_s=max(1, round(self.mean_run_s or 5)),

@@ -19,7 +19,7 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from redis.exceptions import RedisError
 
-from service.errors import Busy
+from service.errors import QueueUnreachable
 from service.jobs.store import JobStore
 from service.settings import Settings
 
@@ -96,7 +96,7 @@ class RedisDispatcher:
         except (RedisError, OSError) as error:
             log.error("could not queue job %s on %s: %s", job_id, self.settings.queue_url, error)
             await asyncio.to_thread(self.store.delete, job_id)
-            raise Busy("The job queue is unreachable; try again shortly.", retry_after_s=10) from None
+            raise QueueUnreachable("The job queue is unreachable; try again shortly.", retry_after_s=10) from None
         if time.monotonic() - self._last_expiry > 60:  # the JobRunner's thread does this when there is no queue
             self._last_expiry = time.monotonic()
             await asyncio.to_thread(self.store.expire, self.settings.job_ttl_s)

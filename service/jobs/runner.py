@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from service.errors import Busy, LiversegError
+from service.errors import LiversegError, QueueFull
 from service.io.decode import Upload
 from service.jobs.store import JobRecord, JobStore
 from service.options import SegmentParams
@@ -51,7 +51,7 @@ class JobRunner:
             try:
                 future = self.worker.submit(task)
                 break
-            except Busy:
+            except QueueFull:
                 time.sleep(0.2)  # the synchronous route filled the queue; our turn comes
         segmentation.finish(future.result())
 

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import Busy, NotFound, format_bytes
+from service.errors import NotFound, QueueFull, format_bytes
 from service.schemas import JobState
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: the only ids this store makes
@@ -179,7 +179,7 @@ class JobStore:
         recent = self.recent_run_seconds()
         # A place frees when the next job finishes: about one run from now.
         retry = max(1, round(sum(recent) / len(recent))) if recent else 30
-        raise Busy(f"The job queue is full: {why}. Try again in about {retry} s.", retry_after_s=retry)
+        raise QueueFull(f"The job queue is full: {why}. Try again in about {retry} s.", retry_after_s=retry)
 
     def create(
         self, params: dict, inputs: list[tuple[str, Path]],

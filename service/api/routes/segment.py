@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from service.api.deps import MetricsDep, SettingsDep, WorkerDep, require_api_key
 from service.api.responses import ERRORS
 from service.api.uploads import FileField, FilesField, collect, spool
-from service.errors import Busy
+from service.errors import TimedOut
 from service.options import SegmentParams
 from service.schemas import Summary
 from service.segmentation import Segmentation
@@ -55,7 +55,7 @@ async def segment(
         result = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
     except TimeoutError:
         future.cancel()
-        raise Busy(
+        raise TimedOut(
             f"The segmentation did not finish within {settings.request_timeout_s:.0f} s; "
             "submit large studies to /jobs instead.",
             retry_after_s=30,
