@@ -3,7 +3,7 @@
 from model_zoo import networks  # noqa: F401  (registers the architectures)
 from model_zoo.architectures import create_network, list_architectures, register_architecture
 from model_zoo.card import InferenceDefaults, InputContract, ModelCard, Training
-from model_zoo.names import UnknownNameError
+from model_zoo.lookup import UnknownNameError
 from model_zoo.registry import (
     ChecksumMismatch,
     IncompatibleWeights,

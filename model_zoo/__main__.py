@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from model_zoo.architectures import list_architectures
 from model_zoo.card import ModelCard
-from model_zoo.names import UnknownNameError
+from model_zoo.lookup import UnknownNameError
 from model_zoo.registry import CHECKPOINT_DIR, get_card, list_cards
 
 _KEY_METRICS = 3

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from model_zoo.names import look_up
+from model_zoo.lookup import look_up
 
 _ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
 

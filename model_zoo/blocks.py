@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model_zoo.names import look_up
+from model_zoo.lookup import look_up
 
 NEG_SLOPE = 1e-2  # nnU-Net's LeakyReLU slope, also used by the He initialisation
 

@@ -74,6 +74,18 @@ def _check_volume(image: sitk.Image, what: str) -> None:
         )
 
 
+def model_grid_size(image: sitk.Image, contract: InputContract) -> tuple[int, int, int]:
+    """The (x, y, z) size of `model_grid(image, contract)`, computed without allocating it.
+
+    The service checks it against its limit before anything of that size exists: a forged
+    header (a few voxels at 300 mm) would otherwise ask for a grid of gigabytes.
+    """
+    size, _, _ = _grid_geometry(image, contract)
+    if not np.isfinite(size).all():
+        raise ValueError(f"the image's physical extent is not finite (spacing {image.GetSpacing()})")
+    return (int(size[0]), int(size[1]), int(size[2]))  # Python ints: exact, however large
+
+
 def model_grid(image: sitk.Image, contract: InputContract) -> sitk.Image:
     """The model grid for `image`: a reference image carrying the geometry into sitk.Resample.
 
@@ -81,6 +93,16 @@ def model_grid(image: sitk.Image, contract: InputContract) -> sitk.Image:
     (voxel edges, not centres) and covers all of it (sizes rounded up). Returns a uint8 image of
     the grid's size, all zeros (small: model grids are coarse).
     """
+    new_size, new_origin, direction = _grid_geometry(image, contract)
+    grid = sitk.Image([int(n) for n in new_size], sitk.sitkUInt8)
+    grid.SetSpacing(tuple(float(s) for s in contract.spacing_xyz_mm))
+    grid.SetOrigin(tuple(float(o) for o in new_origin))
+    grid.SetDirection(tuple(float(d) for d in direction.ravel()))
+    return grid
+
+
+def _grid_geometry(image: sitk.Image, contract: InputContract) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(size_xyz, origin, direction 3x3) of the model grid for `image` (see `model_grid`)."""
     direction = np.array(contract_direction(contract.orientation)).reshape(3, 3)
     source_direction = np.array(image.GetDirection()).reshape(3, 3)
     size = np.array(image.GetSize(), dtype=float)
@@ -94,15 +116,11 @@ def model_grid(image: sitk.Image, contract: InputContract) -> sitk.Image:
     in_frame = direction.T @ corners
     low, high = in_frame.min(axis=1), in_frame.max(axis=1)
     target_spacing = np.array(contract.spacing_xyz_mm)
-    new_size = np.maximum(1, np.ceil((high - low) / target_spacing - _EXTENT_TOLERANCE)).astype(int)
+    # float, not int: a forged spacing must not wrap around int64 before the size is checked
+    new_size = np.maximum(1, np.ceil((high - low) / target_spacing - _EXTENT_TOLERANCE))
     centre = direction @ ((low + high) / 2)
     new_origin = centre - direction @ ((new_size - 1) / 2 * target_spacing)
-
-    grid = sitk.Image([int(n) for n in new_size], sitk.sitkUInt8)
-    grid.SetSpacing(tuple(float(s) for s in target_spacing))
-    grid.SetOrigin(tuple(float(o) for o in new_origin))
-    grid.SetDirection(tuple(float(d) for d in direction.ravel()))
-    return grid
+    return new_size, new_origin, direction
 
 
 def normalise_hu(array_hu: np.ndarray, contract: InputContract) -> np.ndarray:

@@ -22,7 +22,7 @@ from torch import nn
 from model_zoo.architectures import create_network
 from model_zoo.atomic_write import write_atomically
 from model_zoo.card import ModelCard
-from model_zoo.names import UnknownNameError
+from model_zoo.lookup import UnknownNameError
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import torch
 
 from model_zoo.card import ModelCard
 from model_zoo.device import resolve_device
-from model_zoo.names import UnknownNameError
+from model_zoo.lookup import UnknownNameError
 from model_zoo.registry import LoadedModel, get_card, load_model
 from service.errors import QueueFull, ShuttingDown, UnknownModel
 from service.pipeline import InferenceOptions, Progress, Segmentation, segment, with_fallback

@@ -24,7 +24,7 @@ from model_zoo.blocks import (
     norm_layer,
     pad_to_stride,
 )
-from model_zoo.names import UnknownNameError
+from model_zoo.lookup import UnknownNameError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,7 +14,7 @@ from model_zoo import registry
 from model_zoo.__main__ import main as cli
 from model_zoo.architectures import create_network, list_architectures
 from model_zoo.card import InputContract, ModelCard
-from model_zoo.names import UnknownNameError
+from model_zoo.lookup import UnknownNameError
 from model_zoo.registry import (
     ChecksumMismatch,
     IncompatibleWeights,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from model_zoo.card import ModelCard
-from model_zoo.names import UnknownNameError
+from model_zoo.lookup import UnknownNameError
 from model_zoo.registry import get_card, list_cards
 from service.api.deps import SettingsDep, require_api_key
 from service.errors import UnknownModel
