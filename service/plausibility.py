@@ -31,6 +31,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from service.volume import require_same_grid
+
 # A cirrhotic liver is 0.8-1 L; under 0.7 L a whole liver is more likely half missed (the
 # issue's 0.9 L cirrhotic liver came back as 0.4 L).
 MIN_LIVER_ML = 700.0
@@ -81,7 +83,7 @@ def plausibility_findings(
     Raises:
         ValueError: mask and CT are not on one grid.
     """
-    _check_same_grid(mask, ct)
+    require_same_grid(mask, ct, "plausibility_findings")
     liver = sitk.GetArrayViewFromImage(mask) != 0
     hu = sitk.GetArrayViewFromImage(ct)
     findings = []
@@ -289,15 +291,3 @@ def _body_midline_x(hu: np.ndarray, geometry: sitk.Image, max_voxels: int = 2_00
     return float(np.median(x))
 
 
-def _check_same_grid(mask: sitk.Image, ct: sitk.Image) -> None:
-    same = (
-        mask.GetSize() == ct.GetSize()
-        and np.allclose(mask.GetSpacing(), ct.GetSpacing(), atol=1e-4)
-        and np.allclose(mask.GetOrigin(), ct.GetOrigin(), atol=1e-3)
-        and np.allclose(mask.GetDirection(), ct.GetDirection(), atol=1e-5)
-    )
-    if not same:
-        raise ValueError(
-            f"mask (size {mask.GetSize()}, spacing {mask.GetSpacing()}) and CT (size "
-            f"{ct.GetSize()}, spacing {ct.GetSpacing()}) must share one grid"
-        )

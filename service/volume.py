@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import SimpleITK as sitk
 
 if TYPE_CHECKING:
@@ -44,3 +45,19 @@ class Volume:
     def spacing_xyz_mm(self) -> tuple[float, float, float]:
         """Voxel spacing along x, y, z in mm."""
         return tuple(self.image.GetSpacing())  # type: ignore[return-value]
+
+
+def require_same_grid(mask: sitk.Image, image: sitk.Image, what: str) -> None:
+    """ValueError (a programming error) unless `mask` lies on `image`'s grid: size, spacing,
+    origin and direction, to the rounding of DICOM decimal strings."""
+    same = (
+        mask.GetSize() == image.GetSize()
+        and np.allclose(mask.GetSpacing(), image.GetSpacing(), rtol=1e-6, atol=1e-6)
+        and np.allclose(mask.GetOrigin(), image.GetOrigin(), atol=1e-4)
+        and np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-6)
+    )
+    if not same:
+        raise ValueError(
+            f"{what}: the mask ({mask.GetSize()}, spacing {mask.GetSpacing()}, origin {mask.GetOrigin()}) and "
+            f"the image ({image.GetSize()}, spacing {image.GetSpacing()}, origin {image.GetOrigin()}) must share one grid"
+        )

@@ -36,7 +36,7 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_ui
 from client.seg_identity import MANUFACTURER, SERIES_DESCRIPTION
 from model_zoo.card import ModelCard
 from service.errors import UnsupportedOutput
-from service.volume import Volume
+from service.volume import Volume, require_same_grid
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def make_seg(volume: Volume, mask: sitk.Image, card: ModelCard) -> bytes:
             f"DICOM SEG output needs a DICOM input to reference; this input was {volume.source}. "
             "Ask for output=nifti instead."
         )
-    _check_same_grid(mask, volume.image)
+    require_same_grid(mask, volume.image, "make_seg")
     ordered = frames_to_sources(volume.datasets, mask)
     sources, repairs = _source_headers(ordered)
     if repairs:
@@ -174,21 +174,6 @@ def frames_to_sources(datasets: list[pydicom.Dataset], mask: sitk.Image) -> list
             f"{depth - len(by_slice)} of the {depth} slices have no DICOM header: the SEG cannot reference them."
         )
     return [by_slice[k] for k in range(depth)]
-
-
-def _check_same_grid(mask: sitk.Image, image: sitk.Image) -> None:
-    """The mask must be on the decoded image's grid (a programming error otherwise)."""
-    same = (
-        mask.GetSize() == image.GetSize()
-        and np.allclose(mask.GetSpacing(), image.GetSpacing(), rtol=1e-6, atol=1e-6)
-        and np.allclose(mask.GetOrigin(), image.GetOrigin(), atol=1e-4)
-        and np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-6)
-    )
-    if not same:
-        raise ValueError(
-            f"make_seg: the mask ({mask.GetSize()}, origin {mask.GetOrigin()}) is not on the volume's "
-            f"grid ({image.GetSize()}, origin {image.GetOrigin()})"
-        )
 
 
 def _source_headers(ordered: list[pydicom.Dataset]) -> tuple[list[pydicom.Dataset], list[str]]:
