@@ -3,6 +3,13 @@
 Each stage is a plain function of arrays and geometry, testable without HTTP or a GPU:
 
     prepare (model_zoo) -> predict_probabilities -> postprocess -> restore_to_input (+ summary)
+
+What a request may cost is bounded before it is spent: the model grid's voxels before the scan
+is resampled onto it (TooLarge, LIVERSEG_MAX_MODEL_GRID_VOXELS), and the windows times mirror
+passes the sliding window would run, counted with the engine's own step grid on the prepared
+volume before the first window runs (InvalidOption, LIVERSEG_MAX_WINDOWS: the request's overlap
+and tta buy them). Every window of the grid counts, the air windows that would be skipped too,
+so the cost is known without looking at the scan.
 """
 
 from __future__ import annotations
@@ -16,18 +23,22 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from model_zoo.card import ModelCard
 from model_zoo.preprocessing import (
     AIR_HU,
     PreparedVolume,
     hu_to_input_units,
+    model_grid_size,
     prepare,
     reference_region,
     restore,
 )
 from model_zoo.registry import LoadedModel
 from service.confidence import ConfidenceSummary, confidence_map, summarise_confidence
+from service.errors import InvalidOption, TooLarge
 from service.options import InferenceOptions, check_options
-from service.sliding_window import sliding_window_inference
+from service.settings import Settings
+from service.sliding_window import sliding_window_inference, window_starts
 
 LIVER = 1
 Progress = Callable[[float], None]
@@ -50,6 +61,72 @@ class Segmentation:
     windows_skipped: int = 0
     timings_s: dict[str, float] = field(default_factory=dict)
     options: InferenceOptions = field(default_factory=InferenceOptions)
+
+
+def _limit(options: InferenceOptions, name: str) -> int:
+    """A cost limit the options carry (resolved from LIVERSEG_*), else the setting's default.
+
+    service.options does not carry the limits yet; until it does, every caller gets the defaults.
+    """
+    value = getattr(options, name, None)
+    return Settings.model_fields[name].default if value is None else int(value)
+
+
+def check_model_grid(image: sitk.Image, card: ModelCard, max_voxels: int) -> None:
+    """TooLarge if the card's grid over the scan's physical extent holds more than `max_voxels`.
+
+    Checked before `prepare` allocates it: by the end of a request each grid voxel costs ~50
+    bytes (the HU grid, the network's input, the blended outputs and their weights).
+    """
+    size = model_grid_size(image, card.input)
+    voxels = size[0] * size[1] * size[2]
+    if voxels > max_voxels:
+        extent = [n * s for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
+        raise TooLarge(
+            f"The scan spans {' x '.join(f'{e:,.0f}' for e in extent)} mm, which {card.name}'s "
+            f"{' x '.join(f'{s:g}' for s in card.input.spacing_xyz_mm)} mm grid covers with "
+            f"{' x '.join(f'{n:,}' for n in size)} = {voxels:,} voxels; this service resamples at most "
+            f"{max_voxels:,} (LIVERSEG_MAX_MODEL_GRID_VOXELS)."
+        )
+
+
+def window_cost(grid_dhw: tuple[int, ...], card: ModelCard, options: InferenceOptions) -> tuple[int, int]:
+    """(windows, passes per window) the sliding window runs on a (D, H, W) model grid.
+
+    The windows are the engine's own step grid (`window_starts` on the grid padded to a patch, as
+    the engine pads it); each runs once, and once more per combination of mirrored axes.
+    """
+    patch = tuple(int(p) for p in card.input.patch_size_dhw)
+    padded = tuple(max(int(n), p) for n, p in zip(grid_dhw, patch, strict=True))
+    windows = len(window_starts(padded, patch, (options.overlap,) * 3))
+    mirrored = set(options.mirror_axes) if options.tta else set()
+    return windows, 2 ** len(mirrored)
+
+
+def check_window_cost(
+    grid_dhw: tuple[int, ...], card: ModelCard, options: InferenceOptions, max_windows: int
+) -> None:
+    """InvalidOption if windows x mirror passes on this grid exceed `max_windows`, saying what fits."""
+    windows, passes = window_cost(grid_dhw, card, options)
+    cost = windows * passes
+    if cost <= max_windows:
+        return
+    ways = []
+    if passes > 1 and windows <= max_windows:
+        ways.append(f"leave tta off ({windows:,})")
+    default = card.inference.overlap
+    if options.overlap > default:
+        at_default = window_cost(grid_dhw, card, replace(options, overlap=default))[0] * passes
+        if at_default <= max_windows:
+            ways.append(f"use overlap {default:g}, the model's default ({at_default:,})")
+    if not ways:
+        ways.append("lower the overlap, leave tta off, or send a smaller field of view")
+    raise InvalidOption(
+        f"This request would run {windows:,} windows x {passes} pass(es) each = {cost:,} network passes "
+        f"(overlap {options.overlap:g}, tta {'on' if passes > 1 else 'off'}) on the "
+        f"{' x '.join(map(str, grid_dhw))} model grid; this service runs at most {max_windows:,} per "
+        f"request (LIVERSEG_MAX_WINDOWS): {' or '.join(ways)}."
+    )
 
 
 def predict_probabilities(
@@ -157,7 +234,11 @@ def segment(
     """Segment the liver in a CT (HU) and return everything on the input's own grid."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
+    check_options(model.card, options)
+    check_model_grid(image, model.card, _limit(options, "max_model_grid_voxels"))
     prepared = prepare(image, model.card.input)
+    # On the prepared grid (after any body crop): exact, and still before any window runs.
+    check_window_cost(prepared.array.shape, model.card, options, _limit(options, "max_windows"))
     timings["preprocess"] = time.perf_counter() - t
 
     t = time.perf_counter()

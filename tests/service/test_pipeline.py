@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_zoo.card import InputContract, ModelCard
+from model_zoo.preprocessing import prepare
 from model_zoo.registry import LoadedModel
-from service.errors import InvalidOption
+from service.errors import InvalidOption, TooLarge
 from service.options import InferenceOptions
-from service.pipeline import postprocess, segment
+from service.pipeline import postprocess, segment, window_cost
 from tests.conftest import ORIENTATIONS, dice, rotation, sphere_ct
 
 
@@ -131,3 +132,63 @@ def test_depth_is_refused_for_a_network_that_is_not_unetpp() -> None:
     ct, _ = sphere_ct(ORIENTATIONS["LPS"])
     with pytest.raises(InvalidOption, match="UNet\\+\\+"):
         segment(ct, threshold_model(), InferenceOptions(depth=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# What a request may cost, bounded before it is spent (issue 19)
+
+
+class NeverRun(ThresholdNet):
+    """A network that must not be reached."""
+
+    def forward(self, x: torch.Tensor, deep_supervision: bool = False) -> torch.Tensor:
+        raise AssertionError("a window ran")
+
+
+def _never_prepare(*args: object, **kwargs: object) -> None:
+    pytest.fail("the scan was resampled onto the model grid")
+
+
+def test_a_model_grid_beyond_the_limit_is_refused_before_resampling(monkeypatch) -> None:
+    # 660 mm a side: inside the decoder's ranges; the 2 mm grid is 330^3, over 32 Mi voxels.
+    ct = sitk.Image([150, 150, 150], sitk.sitkInt16)
+    ct.SetSpacing((4.4, 4.4, 4.4))
+    monkeypatch.setattr("service.pipeline.prepare", _never_prepare)
+    with pytest.raises(TooLarge) as caught:
+        segment(ct, replace(threshold_model(), network=NeverRun()), InferenceOptions())
+    assert caught.value.detail == (
+        "The scan spans 660 x 660 x 660 mm, which unet3d_ds.threshold's 2 x 2 x 2 mm grid covers with "
+        "330 x 330 x 330 = 35,937,000 voxels; this service resamples at most 33,554,432 "
+        "(LIVERSEG_MAX_MODEL_GRID_VOXELS)."
+    )
+
+
+@pytest.mark.parametrize(
+    "overlap, ways",
+    [
+        (0.9, "use overlap 0.5, the model's default (2,352)"),
+        (0.75, "leave tta off (1,440) or use overlap 0.5, the model's default (2,352)"),
+    ],
+)
+def test_windows_beyond_the_limit_are_refused_before_any_runs(overlap: float, ways: str) -> None:
+    ct, _ = sphere_ct(ORIENTATIONS["LPS"], size_xyz=(160, 160, 80))  # 240 x 240 x 200 mm
+    model = replace(threshold_model(mirror_axes=[0, 1, 2]), network=NeverRun())
+    options = InferenceOptions(overlap=overlap, tta=True, mirror_axes=(0, 1, 2))
+    windows = {0.9: 23_064, 0.75: 1_440}[overlap]
+    with pytest.raises(InvalidOption) as caught:
+        segment(ct, model, options)
+    assert caught.value.detail == (
+        f"This request would run {windows:,} windows x 8 pass(es) each = {windows * 8:,} network passes "
+        f"(overlap {overlap:g}, tta on) on the 100 x 120 x 120 model grid; this service runs at most 10,000 "
+        f"per request (LIVERSEG_MAX_WINDOWS): {ways}."
+    )
+
+
+@pytest.mark.parametrize("overlap, tta", [(0.5, False), (0.75, True), (0.0, True), (0.9, False)])
+def test_the_window_count_is_the_one_the_engine_runs(overlap: float, tta: bool) -> None:
+    ct, _ = sphere_ct(ORIENTATIONS["oblique"], size_xyz=(40, 36, 20))  # a grid smaller than a patch along z
+    model = threshold_model(mirror_axes=[0, 2])
+    options = InferenceOptions(overlap=overlap, tta=tta, mirror_axes=(0, 2), skip_air_hu=None)
+    windows, passes = window_cost(prepare(ct, model.card.input).array.shape, model.card, options)
+    result = segment(ct, model, options)
+    assert (windows, passes) == (result.windows_total, 4 if tta else 1)
