@@ -14,6 +14,28 @@ Every limit of `Settings` is checked before the pixel memory is allocated:
   header declares;
 - max_voxels, max_slices: from the header (NIfTI header parsed here, MetaImage/NRRD through
   SimpleITK's ReadImageInformation, DICOM through pydicom without pixels) before pixels are read.
+  A NIfTI's data offset (vox_offset) counts toward max_decompressed_bytes: the bytes before the
+  voxels are inflated too.
+
+Every decoded volume, whatever its format, must also have a geometry and values some CT has
+(checked in `_finalise`); beyond them lies a damaged or forged header, whose model grid may be
+enormous (8 x 8 x 4 voxels at 300 mm resample to 600 x 600 x 300 voxels at 4 mm):
+- spacing 0.01-20 mm along every axis: micro-CT-like 0.05 mm pixels and the 10 mm slices of old
+  scanners pass with room;
+- at most 3,000 mm along every axis (voxels x spacing): a 2 m whole-body scan passes;
+- origin within 100 m (1e5 mm) of the scanner's origin in every coordinate: patient coordinates
+  lie within metres of it, and beyond 1e5 mm a NIfTI's float32 offsets can no longer place a
+  voxel to 0.01 mm;
+- orthonormal direction cosines (D^T D = I within 1e-3; DICOM's rounding is ~1e-6): a sheared or
+  scaled grid (a MetaImage TransformMatrix may hold one) is no scanner's, and the mask could not
+  be returned on it;
+- slices (x by y) of at least 4 x 4 voxels, and no axis more than 512 times as long as another in
+  voxels: 512 x 512 x 2 passes, 2 x 2 x 2999 and 5000 x 2 x 2 do not;
+- values within [-100,000, 100,000] after the rescale: CT holds -1024 to 3071 HU, about 30,000
+  on an extended scale, and 65,535 as raw unsigned values without their intercept.
+NIfTI headers are checked first where SimpleITK would hide the damage: a NaN, infinite or zero
+pixdim (NIfTI's reader replaces it by 1), a qform quaternion that is no rotation, a non-finite
+sform. Where the qform and the sform disagree, a warning says which one was used (ITK's rule).
 
 Logs never hold patient data nor the client's file names (they often carry a patient's name).
 """
@@ -51,6 +73,28 @@ ACCEPTED = (
     "send one NIfTI (.nii, .nii.gz), MetaImage (.mha) or NRRD (.nrrd) file, one .zip of a DICOM "
     "series, or the DICOM files of one series"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one of a NIfTI header's transforms puts the grid, in LPS as SimpleITK reports it."""
+
+    origin: np.ndarray  # (3,) mm
+    direction: np.ndarray  # (3, 3), columns: the directions of the voxel axes
+
+
+@dataclass(frozen=True, slots=True)
+class NiftiHeader:
+    """What the decoder needs from a NIfTI-1 or -2 header, read from its raw bytes."""
+
+    sizes: list[int]
+    voxel_bytes: int
+    offset: int  # vox_offset: where the voxels start
+    float_dtype: str | None  # numpy dtype of floating-point voxels, else None
+    qform_code: int
+    sform_code: int
+    qform: Placement | None  # None where qform_code is 0 (unknown)
+    sform: Placement | None  # None where sform_code is 0 or the sform is degenerate
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +150,18 @@ NIFTI_TYPES = {
     32: (8, False), 128: (3, False), 1536: (16, False), 1792: (16, False), 2048: (32, False),
     2304: (4, False),
 }
+# The physical ranges of the module docstring: the geometry and values some CT has.
+SPACING_RANGE_MM = (0.01, 20.0)
+MAX_EXTENT_MM = 3000.0
+MAX_ORIGIN_MM = 1e5
+ORTHONORMAL_TOLERANCE = 1e-3
+MIN_SLICE_VOXELS = 4
+MAX_ASPECT = 512
+VALUE_RANGE = (-1e5, 1e5)
+SLACK = 1e-6  # relative: headers store float32, so 0.01 mm arrives as 0.0099999998 mm
+# A qform and an sform closer than this describe the same grid (float32 storage, DS rounding).
+SAME_ORIGIN_MM, SAME_DIRECTION = 0.01, 1e-3
+NIFTI_XFORM_NAMES = {1: "scanner anatomy", 2: "aligned anatomy", 3: "Talairach", 4: "MNI 152", 5: "template"}
 PIXEL_BYTES = {
     sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2,
     sitk.sitkUInt32: 4, sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8,
@@ -291,9 +347,10 @@ def _not_readable(name: str, path: Path, kind: Kind) -> str:
 def _read_volume_file(name: str, path: Path, kind: Kind, settings: Settings, work: Path) -> Volume:
     work.mkdir(parents=True, exist_ok=True)
     source: Source
+    header: NiftiHeader | None = None
     if kind in (Kind.NIFTI, Kind.NIFTI_GZ):
         source, io_name = "nifti", "NiftiImageIO"
-        local, checked_copy = _prepare_nifti(name, path, kind, settings, work)
+        header, local, checked_copy = _prepare_nifti(name, path, kind, settings, work)
         try:
             image = _itk_read(name, local, io_name, kind, settings)
         except (UnsupportedFormat, InvalidVolume):
@@ -311,6 +368,8 @@ def _read_volume_file(name: str, path: Path, kind: Kind, settings: Settings, wor
         local.symlink_to(path.resolve())
         image = _itk_read(name, local, io_name, kind, settings)
     image, warnings = _finalise(image, f"'{name}'")
+    if header is not None:
+        warnings = _transform_warnings(header, image) + warnings
     return Volume(image=image, datasets=None, source=source, warnings=warnings)
 
 
@@ -350,8 +409,8 @@ def _itk_read(name: str, local: Path, io_name: str, kind: Kind, settings: Settin
 
 def _prepare_nifti(
     name: str, path: Path, kind: Kind, settings: Settings, work: Path
-) -> tuple[Path, Callable[[], Path] | None]:
-    """Check a NIfTI header against the limits; return a file SimpleITK may read whole, and,
+) -> tuple[NiftiHeader, Path, Callable[[], Path] | None]:
+    """Check a NIfTI header against the limits; return it, a file SimpleITK may read whole, and,
     when that file is the unchecked .nii.gz itself, a function making a checked plain .nii.
 
     SimpleITK reads a truncated .nii or .nii.gz without complaint, filling the missing voxels
@@ -369,10 +428,12 @@ def _prepare_nifti(
             head = zlib.decompressobj(wbits=31).decompress(head, 1024)
         except zlib.error:
             head = b""
-    sizes, voxel_bytes, offset, float_dtype = _parse_nifti_header(name, head)
+    header = _parse_nifti_header(name, head)
+    sizes, offset, float_dtype = header.sizes, header.offset, header.float_dtype
     _check_shape(name, sizes, settings)
-    data_bytes = math.prod(sizes) * voxel_bytes
-    _check_decompressed(name, data_bytes, settings)
+    data_bytes = math.prod(sizes) * header.voxel_bytes
+    # The bytes before the voxels are inflated (and written) too: a 3e8 vox_offset costs 300 MB.
+    _check_decompressed(name, data_bytes, settings, offset=offset)
     needed = offset + data_bytes
     plain = work / "volume.nii"
 
@@ -386,8 +447,8 @@ def _prepare_nifti(
         if float_dtype is None and _gzip_length_mod_4g(path) == needed % (1 << 32):
             direct = work / "volume.nii.gz"
             direct.symlink_to(path.resolve())
-            return direct, checked_copy
-        return checked_copy(), None
+            return header, direct, checked_copy
+        return header, checked_copy(), None
     if path.stat().st_size < needed:
         raise InvalidVolume(
             f"'{name}' is truncated: its NIfTI header announces {' x '.join(map(str, sizes))} voxels "
@@ -397,7 +458,7 @@ def _prepare_nifti(
     plain.symlink_to(path.resolve())
     if float_dtype is not None:
         _refuse_nonfinite(name, plain, float_dtype, offset, math.prod(sizes))
-    return plain, None
+    return header, plain, None
 
 
 def _gzip_length_mod_4g(path: Path) -> int:
@@ -422,9 +483,13 @@ def _refuse_nonfinite(name: str, plain: Path, dtype: str, offset: int, count: in
         )
 
 
-def _parse_nifti_header(name: str, head: bytes) -> tuple[list[int], int, int, str | None]:
-    """From a NIfTI header: (sizes of its dims, bytes per voxel, offset of the voxel data, numpy
-    dtype of the voxels if they are floating point, else None)."""
+def _parse_nifti_header(name: str, head: bytes) -> NiftiHeader:
+    """The sizes, voxel type, data offset and transforms of a NIfTI-1 or -2 header, from its bytes.
+
+    Refuses what NIfTI's reader would quietly repair: a NaN, infinite or zero pixdim of a spatial
+    axis (replaced by 1), a qform quaternion that is no rotation (|(b, c, d)| > 1 is renormalised;
+    NaN gives some other grid) or a non-finite sform, where their codes say they are used.
+    """
     kind = _nifti_kind(head)
     if kind is not Kind.NIFTI:
         raise UnsupportedFormat(f"'{name}' has a damaged NIfTI header.")
@@ -432,13 +497,21 @@ def _parse_nifti_header(name: str, head: bytes) -> tuple[list[int], int, int, st
     if struct.unpack(endian + "i", head[:4])[0] == 348:
         dim = struct.unpack(endian + "8h", head[40:56])
         (datatype,) = struct.unpack(endian + "h", head[70:72])
+        pixdim = struct.unpack(endian + "8f", head[76:108])
         (offset_f,) = struct.unpack(endian + "f", head[108:112])
         offset, minimum_offset = int(offset_f) if math.isfinite(offset_f) else -1, 352
+        qform_code, sform_code = struct.unpack(endian + "2h", head[252:256])
+        quatern = struct.unpack(endian + "6f", head[256:280])
+        srow = struct.unpack(endian + "12f", head[280:328])
     else:
         (datatype,) = struct.unpack(endian + "h", head[12:14])
         dim = struct.unpack(endian + "8q", head[16:80])
+        pixdim = struct.unpack(endian + "8d", head[104:168])
         (offset,) = struct.unpack(endian + "q", head[168:176])
         minimum_offset = 544
+        qform_code, sform_code = struct.unpack(endian + "2i", head[344:352])
+        quatern = struct.unpack(endian + "6d", head[352:400])
+        srow = struct.unpack(endian + "12d", head[400:496])
     ndim = dim[0]
     if not 1 <= ndim <= 7 or any(d < 1 for d in dim[1 : ndim + 1]) or offset < minimum_offset:
         raise UnsupportedFormat(
@@ -457,8 +530,104 @@ def _parse_nifti_header(name: str, head: bytes) -> tuple[list[int], int, int, st
             f"'{name}' stores complex or colour voxels (NIfTI datatype {datatype}); a CT volume holds "
             "one real value (HU) per voxel."
         )
+    spatial = pixdim[1 : min(ndim, 3) + 1]
+    if not all(math.isfinite(v) and v != 0 for v in spatial):
+        raise InvalidVolume(
+            f"'{name}' has voxel spacing (pixdim) {[float(v) for v in spatial]} mm in its NIfTI header: "
+            "a spacing must be a finite, non-zero number (NIfTI readers silently replace it by 1 mm)."
+        )
     float_dtype = {16: endian + "f4", 64: endian + "f8"}.get(datatype)
-    return list(dim[1 : ndim + 1]), voxel_bytes, offset, float_dtype
+    return NiftiHeader(
+        sizes=list(dim[1 : ndim + 1]), voxel_bytes=voxel_bytes, offset=offset, float_dtype=float_dtype,
+        qform_code=qform_code, sform_code=sform_code,
+        qform=_qform_placement(name, qform_code, quatern, pixdim[0]),
+        sform=_sform_placement(name, sform_code, srow),
+    )
+
+
+def _qform_placement(name: str, code: int, quatern: tuple[float, ...], qfac: float) -> Placement | None:
+    """The grid a qform describes (NIfTI's method 2, as nifti_quatern_to_mat44 builds it), in LPS."""
+    if code <= 0:
+        return None
+    b, c, d, *offset = quatern
+    squares = b * b + c * c + d * d
+    if not all(math.isfinite(v) for v in quatern) or squares > 1 + ORTHONORMAL_TOLERANCE:
+        raise InvalidVolume(
+            f"'{name}' has a NIfTI qform (code {code}) whose quaternion (b, c, d) = "
+            f"({b:g}, {c:g}, {d:g}) is no rotation (b^2 + c^2 + d^2 = {squares:g}; a rotation has at "
+            "most 1, and finite values): the header is damaged."
+        )
+    a = math.sqrt(max(1.0 - squares, 0.0))
+    rotation = np.array([
+        [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+        [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+        [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b],
+    ])
+    if qfac < 0:  # pixdim[0] = -1 mirrors the third axis
+        rotation[:, 2] *= -1
+    return _placement(rotation, np.array(offset, dtype=np.float64))
+
+
+def _sform_placement(name: str, code: int, srow: tuple[float, ...]) -> Placement | None:
+    """The grid an sform describes (its scales divided out), in LPS; None if unused or degenerate."""
+    if code <= 0:
+        return None
+    matrix = np.array(srow, dtype=np.float64).reshape(3, 4)
+    if not np.isfinite(matrix).all():
+        raise InvalidVolume(
+            f"'{name}' has a NIfTI sform (code {code}) holding values that are not finite numbers: "
+            "the header is damaged."
+        )
+    norms = np.linalg.norm(matrix[:, :3], axis=0)
+    if (norms == 0).any():
+        return None  # no grid; NIfTI's reader falls back to the qform
+    return _placement(matrix[:, :3] / norms, matrix[:, 3])
+
+
+def _placement(rotation_ras: np.ndarray, offset_ras: np.ndarray) -> Placement:
+    """NIfTI's RAS+ matrix and offset as SimpleITK reports them: LPS, x and y negated."""
+    flip = np.array([-1.0, -1.0, 1.0])
+    return Placement(origin=offset_ras * flip, direction=rotation_ras * flip[:, None])
+
+
+def _transform_warnings(header: NiftiHeader, image: sitk.Image) -> list[str]:
+    """A warning where the qform and the sform both claim the grid and disagree, saying which was used.
+
+    ITK (SimpleITK's NIfTI reader) takes the sform where it has no shear and its code is 1
+    (scanner anatomy) or it agrees with the qform, else the qform: which one it took is read off
+    the image, not guessed again here.
+    """
+    q, s = header.qform, header.sform
+    if q is None or s is None:
+        return []
+    apart = float(np.linalg.norm(q.origin - s.origin))
+    turned = float(np.abs(q.direction - s.direction).max())
+    if apart <= SAME_ORIGIN_MM and turned <= SAME_DIRECTION:
+        return []
+    origin = np.array(image.GetOrigin())
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+
+    def distance(p: Placement) -> float:
+        return float(np.linalg.norm(p.origin - origin)) + 1e3 * float(np.abs(p.direction - direction).max())
+
+    used, other = ("sform", "qform") if distance(s) <= distance(q) else ("qform", "sform")
+    codes = {"qform": header.qform_code, "sform": header.sform_code}
+    relative = q.direction.T @ s.direction
+    if np.linalg.det(relative) < 0:
+        axes = "one mirrors the other"
+    else:
+        angle = math.degrees(math.acos(max(-1.0, min(1.0, (float(np.trace(relative)) - 1) / 2))))
+        axes = f"their axes {angle:.1f} degrees apart"
+
+    def code_name(form: str) -> str:
+        return NIFTI_XFORM_NAMES.get(codes[form], "unknown")
+
+    return [
+        f"The NIfTI header's qform and sform place the volume differently (their origins {apart:.2f} mm "
+        f"apart, {axes}); the {used} (code {codes[used]}, {code_name(used)}) was used, not the "
+        f"{other} (code {codes[other]}, {code_name(other)}), as ITK reads NIfTI: check that the mask's "
+        "geometry is the one you expect."
+    ]
 
 
 def _gunzip(name: str, source: Path, target: Path, needed: int) -> None:
@@ -568,10 +737,17 @@ def _check_shape(name: str, sizes: list[int], settings: Settings) -> None:
         )
 
 
-def _check_decompressed(name: str, pixel_bytes: int, settings: Settings) -> None:
-    if pixel_bytes > settings.max_decompressed_bytes:
+def _check_decompressed(name: str, pixel_bytes: int, settings: Settings, offset: int = 0) -> None:
+    """TooLarge if the pixel bytes, after `offset` bytes of header (a NIfTI's vox_offset), pass the limit."""
+    if offset + pixel_bytes > settings.max_decompressed_bytes:
+        declared = (
+            f"{format_bytes(offset + pixel_bytes)} ({format_bytes(pixel_bytes)} of pixel data after a "
+            f"data offset (vox_offset) of {offset:,} bytes)"
+            if offset > HEAD_BYTES
+            else f"{format_bytes(offset + pixel_bytes)} of pixel data"
+        )
         raise TooLarge(
-            f"'{name}' declares {format_bytes(pixel_bytes)} of pixel data; this service inflates at most "
+            f"'{name}' declares {declared}; this service inflates at most "
             f"{format_bytes(settings.max_decompressed_bytes)} (LIVERSEG_MAX_DECOMPRESSED_BYTES)."
         )
 
@@ -585,18 +761,19 @@ def _finalise(image: sitk.Image, what: str) -> tuple[sitk.Image, list[str]]:
             image, size[:3] + [0] * (len(size) - 3), [0] * len(size),
             sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX,
         )
-    spacing, origin = np.array(image.GetSpacing()), np.array(image.GetOrigin())
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
-        raise InvalidVolume(f"{what} has voxel spacing {spacing.tolist()} mm; spacing must be positive.")
-    if not (np.isfinite(origin).all() and np.isfinite(direction).all()) or abs(abs(np.linalg.det(direction)) - 1) > 1e-3:
-        raise InvalidVolume(f"{what} has a damaged geometry (origin or direction not finite, or not a rotation).")
+    _check_geometry(image, what)
 
     view = sitk.GetArrayViewFromImage(image)
     low, high, nonfinite, integral = _value_range(view)
     if nonfinite:
         raise InvalidVolume(
             f"{what} holds {nonfinite:,} NaN or infinite voxel value(s); a CT volume must hold finite HU values."
+        )
+    if low < VALUE_RANGE[0] or high > VALUE_RANGE[1]:
+        raise InvalidVolume(
+            f"{what} holds values from {low:g} to {high:g}; CT values lie within [{VALUE_RANGE[0]:,.0f}, "
+            f"{VALUE_RANGE[1]:,.0f}] (HU, even on an extended scale, or raw stored values): its rescale "
+            "slope and intercept (scl_slope, RescaleSlope, RescaleIntercept) or its data are damaged."
         )
     if integral and INT16_MIN <= low and high <= INT16_MAX:
         target = sitk.sitkInt16
@@ -615,6 +792,59 @@ def _finalise(image: sitk.Image, what: str) -> tuple[sitk.Image, list[str]]:
             "without the rescale intercept (e.g. -1024), not HU; the segmentation may be wrong."
         )
     return image, warnings
+
+
+def _check_geometry(image: sitk.Image, what: str) -> None:
+    """InvalidVolume unless spacing, extent, origin, direction and shape are some CT's (module docstring)."""
+    size = np.array(image.GetSize())
+    spacing, origin = np.array(image.GetSpacing()), np.array(image.GetOrigin())
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise InvalidVolume(f"{what} has voxel spacing {spacing.tolist()} mm; spacing must be positive.")
+    if not (np.isfinite(origin).all() and np.isfinite(direction).all()):
+        raise InvalidVolume(f"{what} has a damaged geometry (origin or direction not finite).")
+    low, high = SPACING_RANGE_MM
+    for axis, value in zip("xyz", spacing, strict=True):
+        if not low * (1 - SLACK) <= value <= high * (1 + SLACK):
+            raise InvalidVolume(
+                f"{what} has voxel spacing {_mm(spacing)} mm: {value:g} mm along {axis} lies outside "
+                f"{low:g}-{high:g} mm, the range any CT lies in; the header is damaged (or not in mm)."
+            )
+    for axis, n, value in zip("xyz", size, spacing, strict=True):
+        if n * value > MAX_EXTENT_MM * (1 + SLACK):
+            raise InvalidVolume(
+                f"{what} spans {n * value:,.0f} mm along {axis} ({n} voxels of {value:g} mm); a CT spans "
+                f"at most {MAX_EXTENT_MM:,.0f} mm along any axis: the header's size or spacing is damaged."
+            )
+    for axis, value in zip("xyz", origin, strict=True):
+        if abs(value) > MAX_ORIGIN_MM * (1 + SLACK):
+            raise InvalidVolume(
+                f"{what} has its origin at {_mm(origin)} mm: {value:g} mm along {axis} lies beyond "
+                f"{MAX_ORIGIN_MM:g} mm of the scanner's origin, where no patient is; the header is damaged."
+            )
+    deviation = float(np.abs(direction.T @ direction - np.eye(3)).max())
+    if deviation > ORTHONORMAL_TOLERANCE:
+        raise InvalidVolume(
+            f"{what} has direction cosines {np.round(direction, 4).tolist()} that are not orthonormal "
+            f"(D^T D differs from the identity by {deviation:.3g}, more than {ORTHONORMAL_TOLERANCE:g}): "
+            "a sheared or scaled grid, which no scanner makes and the mask could not be returned on. "
+            "Resample the volume onto an orthogonal grid."
+        )
+    text = " x ".join(map(str, size))
+    if min(size[:2]) < MIN_SLICE_VOXELS:
+        raise InvalidVolume(
+            f"{what} is {text} voxels: its slices (x by y) are {size[0]} x {size[1]}, and a CT slice "
+            f"holds at least {MIN_SLICE_VOXELS} x {MIN_SLICE_VOXELS} (usually 512 x 512)."
+        )
+    if size.max() > MAX_ASPECT * size.min():
+        raise InvalidVolume(
+            f"{what} is {text} voxels: its longest axis is {size.max() / size.min():.0f} times its "
+            f"shortest, where a CT's is at most {MAX_ASPECT} times: the header's size is damaged."
+        )
+
+
+def _mm(values: np.ndarray) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
 def _value_range(view: np.ndarray) -> tuple[float, float, int, bool]:
