@@ -1,4 +1,5 @@
-"""service.io.decode: geometry and values no CT has, NIfTI headers read as they are (issues 18 and 19)."""
+"""service.io.decode: geometry and values no CT has, NIfTI headers read as they are, DICOM pixel
+data that disagree with their header, and objects beside a series (issues 18 and 19)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,24 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from service.errors import InvalidVolume, TooLarge
 from service.io.decode import Upload, decode_upload
 from tests.conftest import REPO
 from tests.service.test_decode import (
+    SAMPLE,
     ct_image,
+    dicom_series,
+    dicom_slice,
+    needs_sample,
     settings,
     upload,
+    uploads,
     write,
 )
 
@@ -257,6 +267,181 @@ def test_a_huge_vox_offset_is_refused_before_inflating(tmp_path, monkeypatch):
         "300,000,000 bytes); this service inflates at most 9.5 MB (LIVERSEG_MAX_DECOMPRESSED_BYTES)."
     )
     assert list(work.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM pixel data that disagree with their header
+
+
+def _rewrite(path: Path, **values) -> None:
+    ds = pydicom.dcmread(path)
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+
+
+def _short_element(tmp_path):
+    paths = dicom_series(tmp_path / "a", count=4)
+    ds = pydicom.dcmread(paths[2])
+    ds.PixelData = ds.PixelData[:-10]
+    ds.save_as(paths[2])
+    return paths
+
+
+def _cut_file(tmp_path):
+    paths = dicom_series(tmp_path / "a", count=4)
+    paths[1].write_bytes(paths[1].read_bytes()[:-20])
+    return paths
+
+
+def _every(tmp_path, **values):
+    paths = dicom_series(tmp_path / "a", count=4)
+    for path in paths:
+        _rewrite(path, **values)
+    return paths
+
+
+def _frames_value(tmp_path, text: bytes):
+    """NumberOfFrames (IS) holding `text`, written into the bytes (pydicom refuses to write it)."""
+    paths = dicom_series(tmp_path / "a", count=4, frames=1)
+    for path in paths:
+        raw = path.read_bytes()
+        at = raw.index(b"\x28\x00\x08\x00IS")
+        old = int.from_bytes(raw[at + 6 : at + 8], "little")
+        value = text + b" " * (len(text) % 2)
+        path.write_bytes(raw[: at + 6] + len(value).to_bytes(2, "little") + value + raw[at + 8 + old :])
+    return paths
+
+
+BAD_PIXELS = [
+    ("pixel data short in one slice", _short_element, "'s002.dcm' holds 86 bytes of pixel data where its header (Rows 8 x Columns 6 x SamplesPerPixel 1 x BitsAllocated 16/8 x NumberOfFrames 1) announces 96"),
+    ("file cut in one slice", _cut_file, "'s001.dcm' ends early: its pixel data should hold 96 bytes, the file holds 76 of them."),
+    ("every file cut", lambda t: [p.write_bytes(p.read_bytes()[:-50]) and p for p in dicom_series(t / "a", count=4)], "'s000.dcm' ends early"),
+    ("Rows disagree", lambda t: _every(t, Rows=4), "'s000.dcm' holds 96 bytes of pixel data where its header (Rows 4 x Columns 6"),
+    ("BitsAllocated disagree", lambda t: _every(t, BitsAllocated=8, BitsStored=8, HighBit=7), "BitsAllocated 8/8 x NumberOfFrames 1) announces 48"),
+    ("BitsAllocated 12", lambda t: _every(t, BitsAllocated=12), "'s000.dcm' has a damaged DICOM header (BitsAllocated is 12"),
+    ("NumberOfFrames abc", lambda t: _frames_value(t, b"abc"), "'s000.dcm' has a damaged DICOM header (NumberOfFrames should hold 1 finite number(s), not 'abc')"),
+    ("NumberOfFrames NaN", lambda t: _frames_value(t, b"NaN"), "(NumberOfFrames should hold 1 finite number(s), not 'NaN')"),
+    ("NumberOfFrames two values", lambda t: _frames_value(t, b"1\\2"), "(NumberOfFrames should hold 1 finite number(s), not '[1, 2]')"),
+    ("RescaleSlope 1e30", lambda t: dicom_series(t / "a", count=4, slope=1e30), "The DICOM series holds values from 1.025e+33 to 1.028e+33; CT values lie within [-100,000, 100,000]"),
+    ("RescaleIntercept 1e38", lambda t: dicom_series(t / "a", count=4, intercept=1e38), "The DICOM series holds values from 1e+38 to 1e+38"),
+]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the values it cannot convert
+@pytest.mark.parametrize("maker, words", [case[1:] for case in BAD_PIXELS], ids=[case[0] for case in BAD_PIXELS])
+def test_dicom_pixels_that_disagree_with_their_header_are_refused(tmp_path, maker, words):
+    paths = maker(tmp_path)
+    with pytest.raises(InvalidVolume) as caught:
+        decode_upload(uploads(paths), settings())
+    assert words in caught.value.detail
+    assert type(caught.value) is InvalidVolume
+
+
+def test_odd_pixel_data_may_carry_the_one_padding_byte_and_no_more(tmp_path):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    paths = []
+    for k in range(3):
+        path = dicom_slice(folder / f"s{k}.dcm", (0, 0, 2.0 * k), rows=5, columns=5, instance=k + 1)
+        ds = pydicom.dcmread(path)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = bytes(range(25)) + b"\x00"  # 25 bytes and DICOM's pad to an even length
+        ds.save_as(path)
+        paths.append(path)
+    volume = decode_upload(uploads(paths), settings())
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(volume.image)[1].ravel(), np.arange(25) - 1024)
+    ds = pydicom.dcmread(paths[1])
+    ds.PixelData = bytes(28)
+    ds.save_as(paths[1])
+    with pytest.raises(InvalidVolume, match="'s1.dcm' holds 28 bytes of pixel data .* announces 25"):
+        decode_upload(uploads(paths), settings())
+
+
+# ---------------------------------------------------------------------------------------------
+# The real JPEG 2000 sample, damaged in one slice
+
+
+def _sample_with(tmp_path: Path, damage) -> list[Path]:
+    paths = []
+    for i, source in enumerate(sorted((SAMPLE / "dicom").glob("*.dcm"))):
+        target = tmp_path / f"slice{i:02d}.dcm"
+        shutil.copy(source, target)
+        if i == 7:
+            target.write_bytes(damage(target.read_bytes()))
+        paths.append(target)
+    return paths
+
+
+def _codestream(raw: bytes) -> int:
+    return raw.index(b"\xff\x4f\xff\x51")
+
+
+def _set(raw: bytes, at: int, value: bytes) -> bytes:
+    return raw[:at] + value + raw[at + len(value) :]
+
+
+JPEG2000_DAMAGE = [
+    ("end overwritten", lambda raw: _set(raw, len(raw) - 60, bytes(52)), "a tile-part does not start where the previous one ends"),
+    ("file cut", lambda raw: raw[:-5000], "bytes runs past the end of the file"),
+    ("tile-part length", lambda raw: _set(raw, raw.index(b"\xff\x90", _codestream(raw)) + 6, struct.pack(">I", 5000)), "a tile-part does not start where the previous one ends"),
+    ("SIZ damaged", lambda raw: _set(raw, _codestream(raw) + 8, bytes(4)), "its image size marker (SIZ) is damaged"),
+    ("components", lambda raw: _set(raw, _codestream(raw) + 40, struct.pack(">H", 3)), "its codestream holds 512 x 512 pixels of 3 component(s), where its header says 512 x 512 (Columns x Rows) of 1"),
+    ("progression order", lambda raw: _set(raw, raw.index(b"\xff\x52", _codestream(raw)) + 5, b"\x40"), "could not be decoded (JPEG 2000 Image Compression (Lossless Only), which this service reads): its pixel data are damaged"),
+]
+
+
+@needs_sample
+@pytest.mark.realdata
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("damage, words", [case[1:] for case in JPEG2000_DAMAGE], ids=[case[0] for case in JPEG2000_DAMAGE])
+def test_a_damaged_jpeg2000_slice_is_refused_naming_its_file(tmp_path, damage, words):
+    with pytest.raises(InvalidVolume) as caught:
+        decode_upload(uploads(_sample_with(tmp_path, damage)), settings())
+    assert "'slice07.dcm'" in caught.value.detail
+    assert words in caught.value.detail
+
+
+# ---------------------------------------------------------------------------------------------
+# Objects beside the series that are not its images
+
+
+def _object(path: Path, sop_class: str, modality: str, frames: int | None = None) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, meta.MediaStorageSOPInstanceUID, modality
+    ds.PatientName, ds.SeriesInstanceUID = "Doe^Jane", generate_uid()
+    if frames:  # a segmentation: a multi-frame image of its own
+        ds.Rows = ds.Columns = 8
+        ds.SamplesPerPixel, ds.BitsAllocated, ds.NumberOfFrames = 1, 1, frames
+        ds.PixelData = bytes(8 * frames)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_objects_that_are_not_images_are_ignored_with_one_warning(tmp_path):
+    series = dicom_series(tmp_path / "a", count=4)
+    others = [
+        _object(tmp_path / "seg.dcm", "1.2.840.10008.5.1.4.1.1.66.4", "SEG", frames=4),
+        _object(tmp_path / "rt.dcm", "1.2.840.10008.5.1.4.1.1.481.3", "RTSTRUCT"),
+        _object(tmp_path / "sr.dcm", "1.2.840.10008.5.1.4.1.1.88.33", "SR"),
+        _object(tmp_path / "dose.dcm", "1.2.840.10008.5.1.4.1.1.88.67", "SR"),
+        _object(tmp_path / "ko.dcm", "1.2.840.10008.5.1.4.1.1.88.59", "KO"),
+        _object(tmp_path / "pr.dcm", "1.2.840.10008.5.1.4.1.1.11.1", "PR"),
+        _object(tmp_path / "DICOMDIR", "1.2.840.10008.1.3.10", ""),
+    ]
+    volume = decode_upload(uploads(series + others), settings())
+    assert volume.image.GetSize() == (6, 8, 4)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(volume.image)[:, 0, 0], [1, 2, 3, 4])
+    assert volume.warnings == [
+        "7 DICOM object(s) that are not images of a series were ignored: 1 Comprehensive SR (SR), 1 DICOMDIR, "
+        "1 Grayscale Softcopy Presentation State (PR), 1 Key Object Selection Document (KO), "
+        "1 RT Structure Set (RTSTRUCT), 1 Segmentation (SEG), 1 X-Ray Radiation Dose SR (SR)."
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
