@@ -13,6 +13,7 @@ Every inference option is resolved here, once, by `resolve_options`, with one pr
 | mirroring (TTA) | `tta` turns it on | | `mirror_axes` says over which axes |
 | blending | | | `mode`, `sigma_scale` |
 | low-confidence line, review fraction | | `LIVERSEG_LOW_CONFIDENCE`, `LIVERSEG_CONFIDENCE_REVIEW_THRESHOLD` | |
+| cost limits | | `LIVERSEG_MAX_MODEL_GRID_VOXELS`, `LIVERSEG_MAX_WINDOWS` | |
 
 The route, the job runner, `train.evaluate`, the trainer's validation and the benchmarks all call
 it, so they run a checkpoint the same way; the summary reports the values it chose.
@@ -72,6 +73,9 @@ class InferenceOptions:
     confidence_map: bool = False
     low_confidence: float = Settings.model_fields["low_confidence"].default
     review_fraction: float = Settings.model_fields["confidence_review_threshold"].default
+    # What one request may cost, checked by the pipeline before it resamples and before any window runs.
+    max_model_grid_voxels: int = Settings.model_fields["max_model_grid_voxels"].default
+    max_windows: int = Settings.model_fields["max_windows"].default
 
     def reported(self) -> dict[str, float | int | bool | str | None]:
         """The values the summary reports as `options`: what ran, not what was asked."""
@@ -113,6 +117,8 @@ def resolve_options(
         confidence_map=request.confidence or request.output == "confidence",
         low_confidence=operator.low_confidence,
         review_fraction=operator.confidence_review_threshold,
+        max_model_grid_voxels=operator.max_model_grid_voxels,
+        max_windows=operator.max_windows,
     )
     check_options(card, options)
     return options

@@ -37,7 +37,6 @@ from model_zoo.registry import LoadedModel
 from service.confidence import ConfidenceSummary, confidence_map, summarise_confidence
 from service.errors import InvalidOption, TooLarge
 from service.options import InferenceOptions, check_options
-from service.settings import Settings
 from service.sliding_window import sliding_window_inference, window_starts
 
 LIVER = 1
@@ -61,15 +60,6 @@ class Segmentation:
     windows_skipped: int = 0
     timings_s: dict[str, float] = field(default_factory=dict)
     options: InferenceOptions = field(default_factory=InferenceOptions)
-
-
-def _limit(options: InferenceOptions, name: str) -> int:
-    """A cost limit the options carry (resolved from LIVERSEG_*), else the setting's default.
-
-    service.options does not carry the limits yet; until it does, every caller gets the defaults.
-    """
-    value = getattr(options, name, None)
-    return Settings.model_fields[name].default if value is None else int(value)
 
 
 def check_model_grid(image: sitk.Image, card: ModelCard, max_voxels: int) -> None:
@@ -235,10 +225,10 @@ def segment(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     check_options(model.card, options)
-    check_model_grid(image, model.card, _limit(options, "max_model_grid_voxels"))
+    check_model_grid(image, model.card, options.max_model_grid_voxels)
     prepared = prepare(image, model.card.input)
     # On the prepared grid (after any body crop): exact, and still before any window runs.
-    check_window_cost(prepared.array.shape, model.card, options, _limit(options, "max_windows"))
+    check_window_cost(prepared.array.shape, model.card, options, options.max_windows)
     timings["preprocess"] = time.perf_counter() - t
 
     t = time.perf_counter()

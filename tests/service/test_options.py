@@ -126,3 +126,13 @@ def test_the_summary_reports_the_effective_options_not_nulls(checkpoints, tmp_pa
         "tta": False, "overlap": defaults.overlap, "depth": None, "batch_size": defaults.window_batch_size,
         "skip_air_hu": defaults.skip_air_hu, "mode": defaults.mode, "sigma_scale": defaults.sigma_scale,
     }
+
+
+def test_the_operators_cost_limits_reach_the_pipeline(checkpoints, tmp_path) -> None:
+    settings = served_with(checkpoints, tmp_path / "models").model_copy(update={"max_windows": 2})
+    assert resolve_options(card(), SegmentParams(), settings).max_windows == 2
+    ct, _ = sphere_ct(ORIENTATIONS["LPS"], size_xyz=(120, 100, 60))  # 8 windows of 32^3 at 4 mm
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/segment", params={"output": "json"}, files={"file": ("ct.nii.gz", nifti_bytes(ct))})
+    assert answer.status_code == 422 and answer.json()["error"] == "invalid_option", answer.text
+    assert "at most 2 per" in answer.json()["detail"]
