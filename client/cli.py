@@ -89,16 +89,16 @@ def segment(args: argparse.Namespace) -> int:
     for warning in job_warnings(job):
         print(f"warning: {warning}", file=sys.stderr)
     confidence = summary["confidence"]
-    if confidence["review_recommended"]:
-        reasons = summary.get("review_reasons") or [
-            f"{confidence['fraction_below_threshold']:.0%} of the liver has low confidence"
-        ]
-        print("review recommended: " + "; ".join(reasons), file=sys.stderr)
+    for note in summary.get("notes", []):
+        print(f"note: {note['sentence']}", file=sys.stderr)
+    if summary["review_recommended"]:
+        for reason in summary["review_reasons"]:
+            print(f"review recommended: {reason['sentence']}", file=sys.stderr)
     if not args.quiet:
         print(
             f"liver {summary['liver_volume_ml']:.1f} mL, mean {summary['liver_mean_hu']} HU, "
             f"confidence {confidence['mean_in_liver']:.3f}"
-            + (", REVIEW RECOMMENDED" if confidence["review_recommended"] else "")
+            + (", REVIEW RECOMMENDED" if summary["review_recommended"] else "")
             + f" -> {args.output}"
         )
     return 0

@@ -37,6 +37,7 @@ from model_zoo.registry import LoadedModel
 from service.confidence import ConfidenceSummary, confidence_map, summarise_confidence
 from service.errors import InvalidOption, TooLarge
 from service.options import InferenceOptions, check_options
+from service.plausibility import Finding, component_volumes_ml, plausibility_findings
 from service.sliding_window import sliding_window_inference, window_starts
 
 LIVER = 1
@@ -60,6 +61,7 @@ class Segmentation:
     windows_skipped: int = 0
     timings_s: dict[str, float] = field(default_factory=dict)
     options: InferenceOptions = field(default_factory=InferenceOptions)
+    findings: list[Finding] = field(default_factory=list)  # anatomical plausibility (service.plausibility)
 
 
 def check_model_grid(image: sitk.Image, card: ModelCard, max_voxels: int) -> None:
@@ -237,6 +239,8 @@ def segment(
 
     t = time.perf_counter()
     liver_outputs = [p[LIVER] for p in probabilities]
+    # Before the largest component is kept: a second large region is a reason for review.
+    components_ml = component_volumes_ml(liver_outputs[0] > 0.5, float(np.prod(prepared.image.GetSpacing())) / 1000.0)
     keep = postprocess(liver_outputs[0])
     confidence_model = confidence_map(liver_outputs, keep)
     timings["postprocess"] = time.perf_counter() - t
@@ -266,6 +270,8 @@ def segment(
         confidence_full = restore(confidence_model[None], prepared, image, outside=[1.0], tolerance=1e-3)[0]
         confidence_image = sitk.GetImageFromArray(confidence_full.astype(np.float32))
         confidence_image.CopyInformation(image)
+    # Checked on the mask as the client gets it (its time counts as the restore stage's).
+    findings = plausibility_findings(mask_image, image, components_ml)
     timings["restore"] = time.perf_counter() - t
 
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
@@ -278,6 +284,7 @@ def segment(
         windows_skipped=windows_skipped,
         timings_s=timings,
         options=options,
+        findings=findings,
         **stats,
     )
 

@@ -33,6 +33,13 @@ class ConfidenceSummary(BaseModel):
     how: str
 
 
+class Finding(BaseModel):
+    """One reason about the mask: a stable code and a sentence for a person."""
+
+    code: str = Field(examples=["mask_in_thorax"])
+    sentence: str
+
+
 class InputGeometry(BaseModel):
     """The input's grid, which the mask reproduces exactly."""
 
@@ -56,6 +63,11 @@ class Summary(BaseModel):
     liver_mean_hu: float | None
     bbox: BoundingBox | None
     confidence: ConfidenceSummary
+    review_recommended: bool = Field(
+        description="Look at this mask: the heads disagree on too much of it (confidence) or it is anatomically implausible.",
+    )
+    review_reasons: list[Finding] = Field(description="Why review is recommended, one finding each (empty when it is not).")
+    notes: list[Finding] = Field(description="What a reader should know that does not call for review (a liver cut by the field of view).")
     input: InputGeometry
     windows_total: int
     windows_skipped: int

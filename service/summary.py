@@ -7,7 +7,8 @@ import socket
 from dataclasses import asdict
 
 from service.confidence import HOW_COMPUTED
-from service.schemas import BoundingBox, ConfidenceSummary, InputGeometry, Summary
+from service.pipeline import Segmentation
+from service.schemas import BoundingBox, ConfidenceSummary, Finding, InputGeometry, Summary
 from service.volume import Volume
 from service.worker import WorkerResult
 
@@ -25,6 +26,7 @@ def build_summary(volume: Volume, result: WorkerResult, timings_s: dict[str, flo
             min_lps_mm=seg.bbox_min_lps_mm,
             max_lps_mm=seg.bbox_max_lps_mm,
         )
+    reasons = review_reasons(seg)
     return Summary(
         model=card.name,
         model_sha256=card.weights_sha256,
@@ -35,6 +37,9 @@ def build_summary(volume: Volume, result: WorkerResult, timings_s: dict[str, flo
         liver_mean_hu=None if seg.liver_mean_hu is None else round(seg.liver_mean_hu, 1),
         bbox=bbox,
         confidence=ConfidenceSummary(**asdict(seg.confidence_summary), how=HOW_COMPUTED),
+        review_recommended=bool(reasons),
+        review_reasons=reasons,
+        notes=[Finding(code=f.code, sentence=f.sentence) for f in seg.findings if not f.recommends_review],
         input=InputGeometry(
             source=volume.source,
             size_xyz=list(image.GetSize()),
@@ -51,6 +56,20 @@ def build_summary(volume: Volume, result: WorkerResult, timings_s: dict[str, flo
     )
 
 
+def review_reasons(seg: Segmentation) -> list[Finding]:
+    """Why review is recommended: the heads' disagreement first, then each anatomical finding."""
+    reasons = []
+    confidence = seg.confidence_summary
+    if confidence.review_recommended:
+        reasons.append(Finding(
+            code="low_confidence",
+            sentence=f"{confidence.fraction_below_threshold:.0%} of the liver has confidence below "
+            f"{confidence.threshold:g}: the deep-supervision heads disagree with the mask there.",
+        ))
+    reasons += [Finding(code=f.code, sentence=f.sentence) for f in seg.findings if f.recommends_review]
+    return reasons
+
+
 def summary_headers(summary: Summary) -> dict[str, str]:
     """The summary's main figures as X-Liverseg-* headers, for clients that only save the mask.
 
@@ -62,7 +81,7 @@ def summary_headers(summary: Summary) -> dict[str, str]:
         "X-Liverseg-Liver-Volume-Ml": f"{summary.liver_volume_ml:.2f}",
         "X-Liverseg-Liver-Mean-Hu": "" if summary.liver_mean_hu is None else f"{summary.liver_mean_hu:.1f}",
         "X-Liverseg-Confidence-Mean": f"{summary.confidence.mean_in_liver:.4f}",
-        "X-Liverseg-Review-Recommended": str(summary.confidence.review_recommended).lower(),
+        "X-Liverseg-Review-Recommended": str(summary.review_recommended).lower(),
         "X-Liverseg-Device": summary.device,
     }
 
