@@ -57,6 +57,7 @@ class CaseSource:
     phantom_seed: int | None = None
     phantom_spacing_mm: float | None = None  # None: the phantom's own scanner grid (as real CT)
     split: Literal["training", "validation"] | None = None  # fixed by a datalist, else None
+    organs: Path | None = None  # a label map of the organs (TotalSegmentator's classes) on the CT's grid
 
     def describe(self) -> str:
         """One line for logs: the file, or the phantom seed."""
@@ -136,10 +137,11 @@ def find_datalist(path: Path) -> list[CaseSource]:
                 raise ValueError(f"{path}: {split}[{index}] needs 'image' and 'label' (got {entry!r})")
             image = (path.parent / entry["image"]).resolve()
             label = (path.parent / entry["label"]).resolve()
-            for what, file in (("image", image), ("label", label)):
-                if not (file.is_file() or (what == "image" and file.is_dir())):  # a folder: a DICOM series
+            organs = (path.parent / entry["organs"]).resolve() if "organs" in entry else None
+            for what, file in (("image", image), ("label", label), ("organs", organs)):
+                if file is not None and not (file.is_file() or (what == "image" and file.is_dir())):  # a folder: a DICOM series
                     raise FileNotFoundError(f"{path}: {split}[{index}] {what} {file} does not exist")
-            cases.append(CaseSource(name=_stem(image), image=image, label=label, split=split))  # type: ignore[arg-type]
+            cases.append(CaseSource(name=_stem(image), image=image, label=label, split=split, organs=organs))  # type: ignore[arg-type]
     return cases
 
 
@@ -205,16 +207,31 @@ def read_liver_label(path: Path, like: sitk.Image) -> sitk.Image:
 
 def load_case(source: CaseSource) -> tuple[sitk.Image, sitk.Image]:
     """(CT in HU, liver mask uint8 0/1) of a case, on the CT's own grid."""
+    image, liver, _ = load_case_with_organs(source)
+    return image, liver
+
+
+def load_case_with_organs(source: CaseSource) -> tuple[sitk.Image, sitk.Image, sitk.Image | None]:
+    """(CT in HU, liver mask uint8 0/1, organ label map or None) of a case, on the CT's own grid.
+
+    The organ map is the phantom's tissue map (`train.organ_leaks.PHANTOM_GROUPS` reads it) or the
+    datalist's `organs` file (TotalSegmentator's classes: `TOTALSEGMENTATOR_GROUPS`).
+    """
     if source.phantom_seed is not None:
         from train.phantoms import make_phantom  # phantoms only when asked for
 
         spacing = source.phantom_spacing_mm
         phantom = make_phantom(source.phantom_seed, spacing_xyz_mm=None if spacing is None else (spacing,) * 3)
-        return phantom.ct, sitk.Cast(phantom.liver > 0, sitk.sitkUInt8)
+        return phantom.ct, sitk.Cast(phantom.liver > 0, sitk.sitkUInt8), phantom.tissues
     if source.image is None or source.label is None:
         raise ValueError(f"case {source.name} has neither files nor a phantom seed")
     image = _read_dicom_folder(source.image) if source.image.is_dir() else sitk.ReadImage(str(source.image))
-    return image, read_liver_label(source.label, image)
+    organs = None
+    if source.organs is not None:
+        organs = sitk.ReadImage(str(source.organs))
+        if organs.GetSize() != image.GetSize():
+            raise ValueError(f"organ map {source.organs} has size {organs.GetSize()}, its CT {image.GetSize()}")
+    return image, read_liver_label(source.label, image), organs
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:

@@ -33,8 +33,14 @@ from model_zoo.device import resolve_device
 from model_zoo.registry import LoadedModel, load_model, record_metrics
 from service.io.encode import outline_overlay
 from train.config import VALIDATION_PHANTOM_SEED
-from train.data import DATA_FORMATS, find_cases, load_case, phantom_sources
+from train.data import DATA_FORMATS, find_cases, load_case_with_organs, phantom_sources
 from train.metrics import CaseMetrics, evaluate_masks, summarise
+from train.organ_leaks import (
+    GROUPS,
+    PHANTOM_GROUPS,
+    TOTALSEGMENTATOR_GROUPS,
+    false_positive_ml_by_organ,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,14 @@ class CaseEvaluation:
     confidence_auroc: float | None = None
     low_confidence_fraction: float | None = None  # of the predicted liver (the summary's figure)
     tiles: list[np.ndarray] | None = None  # RGB uint8 (TILE_PX, TILE_PX, 3)
+    leaks_ml: dict[str, float] | None = None  # false-positive mL by organ group (train.organ_leaks)
+
+    def worst_neighbour(self) -> tuple[str, float] | None:
+        """The neighbouring organ that holds most of the false positives, and its mL."""
+        if not self.leaks_ml:
+            return None
+        neighbours = {g: v for g, v in self.leaks_ml.items() if g not in NOT_NEIGHBOURS}
+        return max(neighbours.items(), key=lambda item: item[1])
 
 
 def predict_case(
@@ -137,13 +151,16 @@ def evaluate_case(
     tta: bool = False,
     overlap: float | None = None,
     tiles: int = 0,
+    organs: sitk.Image | None = None,
+    organ_groups: dict[str, tuple[int, ...]] | None = None,
 ) -> CaseEvaluation:
     """Score one case: CT `image` (HU) and `reference` liver mask (0/1) on the same grid.
 
     The prediction is `prediction` when given (any 0/1 image on the reference's grid), else the
     service's output of `model` (with the request options `tta` and `overlap`). `confidence`
     (model only) adds the AUROC of 1 - confidence for the wrong voxels; `tiles` > 0 renders that
-    many axial montage tiles. Distances use the reference's spacing. Raises ValueError when neither or both of model/prediction are given,
+    many axial montage tiles. `organs` (a label map on the same grid, read with `organ_groups`)
+    adds the false-positive mL by neighbouring organ. Distances use the reference's spacing. Raises ValueError when neither or both of model/prediction are given,
     or when the grids differ in size.
     """
     if (model is None) == (prediction is None):
@@ -162,9 +179,14 @@ def evaluate_case(
     if confidence_image is not None:
         auroc = confidence_auroc(sitk.GetArrayViewFromImage(confidence_image), predicted, truth)
     rendered = montage_tiles(image, truth, predicted, count=tiles) if tiles > 0 else None
+    leaks = None
+    if organs is not None:
+        voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
+        labels = sitk.GetArrayViewFromImage(organs)
+        leaks = false_positive_ml_by_organ(predicted, truth, labels, organ_groups, voxel_ml)
     return CaseEvaluation(name=name, metrics=metrics, prediction=prediction,
                           seconds=time.perf_counter() - start, confidence_auroc=auroc,
-                          low_confidence_fraction=low_fraction, tiles=rendered)
+                          low_confidence_fraction=low_fraction, tiles=rendered, leaks_ml=leaks)
 
 
 def montage_tiles(
@@ -214,17 +236,23 @@ def save_montage(results: Sequence[CaseEvaluation], path: Path) -> None:
 
 
 COLUMNS = ("dice", "hd95_mm", "assd_mm", "voe_pct", "rvd_pct")
+# Where false positives are not an organ taken for liver: the liver label itself (a reference that
+# differs from the label map), unlabelled voxels (fat, which TotalSegmentator does not label),
+# and the body wall.
+NOT_NEIGHBOURS = ("liver", "unlabelled", "body_wall")
 
 
 def format_table(results: Sequence[CaseEvaluation]) -> str:
     """A plain-text table: one row per case and the mean (finite values) at the bottom."""
-    header = f"{'case':<24}" + "".join(f"{c:>10}" for c in COLUMNS) + f"{'auroc':>8}{'s':>7}"
+    header = f"{'case':<24}" + "".join(f"{c:>10}" for c in COLUMNS) + f"{'auroc':>8}{'s':>7}  worst leak (mL)"
     lines = [header, "-" * len(header)]
     for r in results:
         values = r.metrics.as_dict()
         auroc = "" if r.confidence_auroc is None else f"{r.confidence_auroc:.3f}"
+        worst = r.worst_neighbour()
+        leak = "" if worst is None else f"  {worst[0]} {worst[1]:.1f}"
         lines.append(f"{r.name[:24]:<24}" + "".join(f"{values[c]:>10.3f}" for c in COLUMNS)
-                     + f"{auroc:>8}{r.seconds:>7.1f}")
+                     + f"{auroc:>8}{r.seconds:>7.1f}{leak}")
     means = []
     for c in COLUMNS:
         finite = [r.metrics.as_dict()[c] for r in results if math.isfinite(r.metrics.as_dict()[c])]
@@ -239,6 +267,9 @@ def mean_metrics(results: Sequence[CaseEvaluation], prefix: str) -> dict[str, fl
     aurocs = [r.confidence_auroc for r in results if r.confidence_auroc is not None]
     if aurocs:
         out[f"{prefix}_confidence_auroc"] = round(float(np.mean(aurocs)), 4)
+    worst = [w[1] for r in results if (w := r.worst_neighbour()) is not None]
+    if worst:
+        out[f"{prefix}_max_neighbour_fp_ml"] = round(float(max(worst)), 2)
     return out
 
 
@@ -247,13 +278,16 @@ def write_csv(results: Sequence[CaseEvaluation], path: Path) -> None:
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
         fields = list(CaseMetrics.__dataclass_fields__)
-        writer.writerow(["case", *fields, "confidence_auroc", "low_confidence_fraction", "seconds"])
+        groups = [*GROUPS, "unlabelled"]
+        writer.writerow(["case", *fields, "confidence_auroc", "low_confidence_fraction", "seconds",
+                         *(f"fp_{g}_ml" for g in groups)])
         for r in results:
             values = r.metrics.as_dict()
             writer.writerow([r.name, *(f"{values[f]:.6g}" for f in fields),
                              "" if r.confidence_auroc is None else f"{r.confidence_auroc:.4f}",
                              "" if r.low_confidence_fraction is None else f"{r.low_confidence_fraction:.4f}",
-                             f"{r.seconds:.2f}"])
+                             f"{r.seconds:.2f}",
+                             *("" if r.leaks_ml is None else f"{r.leaks_ml[g]:.2f}" for g in groups)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -291,15 +325,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for index, case in enumerate(sources):
-        image, reference = load_case(case)
+        image, reference, organs = load_case_with_organs(case)
         tiles = 3 if index < args.montage_cases else 0
+        leaks = {"organs": organs, "organ_groups": PHANTOM_GROUPS if case.phantom_seed is not None else TOTALSEGMENTATOR_GROUPS}
         if args.grid_ceiling:
             ceiling = reference_through_grid(image, reference, model)
-            result = evaluate_case(image, reference, prediction=ceiling, name=case.name, tiles=tiles)
+            result = evaluate_case(image, reference, prediction=ceiling, name=case.name, tiles=tiles, **leaks)
         else:
             result = evaluate_case(image, reference, model=model, device=device, name=case.name,
                                    confidence=args.confidence, tta=args.tta, overlap=args.overlap,
-                                   tiles=tiles)
+                                   tiles=tiles, **leaks)
         log.info("%s: Dice %.4f, HD95 %.2f mm, %.1f s", case.name, result.metrics.dice,
                  result.metrics.hd95_mm, result.seconds)
         result.prediction = None  # type: ignore[assignment]  # keep memory flat over many cases

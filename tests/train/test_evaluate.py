@@ -124,3 +124,29 @@ def test_cli_passes_the_request_options_to_the_service_path(tiny_checkpoint_dir,
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("case,dice") and rows[1].startswith("phantom-100000,")
     assert "phantom-100000" in capsys.readouterr().out
+
+
+def test_a_case_with_an_organ_map_reports_its_false_positives_by_organ(tmp_path) -> None:
+    from train.evaluate import evaluate_case, format_table, mean_metrics, write_csv
+    from train.organ_leaks import TOTALSEGMENTATOR_GROUPS
+
+    ct = sitk.GetImageFromArray(np.zeros((20, 20, 20), np.int16))
+    ct.SetSpacing((2.0, 2.0, 2.0))  # 8 uL voxels: 1000 voxels = 8 mL
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[2:8, 2:8, 2:8] = 1
+    organs = np.zeros((20, 20, 20), np.uint8)
+    organs[10:20, :, :] = TOTALSEGMENTATOR_GROUPS["heart"][0]
+    predicted = truth.copy()
+    predicted[10:20, 0:10, 0:10] = 1  # 1000 voxels of heart taken for liver
+    predicted[2:8, 12:14, 12:14] = 1  # 24 voxels in unlabelled tissue
+    images = [sitk.GetImageFromArray(a) for a in (truth, organs, predicted)]
+    for image in images:
+        image.CopyInformation(ct)
+    reference, organ_map, prediction = images
+    result = evaluate_case(ct, reference, prediction=prediction, organs=organ_map, organ_groups=TOTALSEGMENTATOR_GROUPS)
+    assert result.leaks_ml["heart"] == pytest.approx(8.0) and result.leaks_ml["unlabelled"] == pytest.approx(0.192)
+    assert result.worst_neighbour() == ("heart", pytest.approx(8.0))
+    assert "heart 8.0" in format_table([result])
+    assert mean_metrics([result], "x")["x_max_neighbour_fp_ml"] == 8.0
+    write_csv([result], tmp_path / "metrics.csv")
+    assert "fp_heart_ml" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
