@@ -20,7 +20,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from service.errors import InvalidVolume, LiversegError, TooLarge, UnsupportedFormat
-from service.io.decode import Upload, decode_upload, sniff
+from service.io.decode import Upload, decode_upload
+from service.io.sniff import sniff
 from service.settings import Settings
 
 SAMPLE = Path(__file__).parents[2] / ".." / "shared" / "data" / "ct-dicom-sample"
