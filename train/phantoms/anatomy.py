@@ -12,15 +12,25 @@ import numpy as np
 from train.phantoms import abdomen, body, heart, liver
 from train.phantoms.canvas import Box, Canvas
 from train.phantoms.fields import Field
+from train.phantoms.tissues import CLASSIC_LESION_BASE, LESION_BASE
 
 
 class Anatomy:
     """Holds the drawn parameters and the derived body-frame landmarks, and paints them."""
 
     def __init__(
-        self, body: dict, organs: dict, lesions: list, rngs: dict[str, np.random.Generator]
+        self,
+        body: dict,
+        organs: dict,
+        lesions: list,
+        rngs: dict[str, np.random.Generator],
+        anatomy: int = 1,
+        heart: dict | None = None,
+        disease: dict | None = None,
     ):
+        """`heart` and `disease` are anatomy 2's draws (parameters.draw_heart, resolve_disease)."""
         self.b, self.o, self.lesions, self.rngs = body, organs, lesions, rngs
+        self.version, self.heart, self.disease = anatomy, heart, disease
         self.a = body["half_width_mm"]
         self.ba, self.bp = body["half_depth_ant_mm"], body["half_depth_post_mm"]
         mus, mus_p = body["muscle_mm"], body["muscle_post_mm"]
@@ -42,13 +52,41 @@ class Anatomy:
         self.f_fine = Field(r, (-300, -300, -450), (300, 300, 300), 9.0)
         # (box, codes, texture name) where the scanner adds a smooth uneven enhancement.
         self.texture_boxes: list[tuple[Box, tuple[int, ...], str]] = []
+        self.lesion_base = CLASSIC_LESION_BASE
+        # The liver's shape against anatomy 1's (1 and 0: unchanged).
+        self.liver_size = self.right_lobe_size = self.caudate_size = 1.0
+        self.left_lobe_lift_mm = self.nodularity = 0.0
+        # How far below the diaphragm sheet the liver stops: anatomy 1 leaves a gap of fat.
+        self.liver_gap_mm = body["diaphragm_mm"]
+        if anatomy == 2:
+            self._anatomy2(rngs["fields2"])
+
+    def _anatomy2(self, r: np.random.Generator) -> None:
+        """Anatomy 2's landmarks: the liver meets the diaphragm (the left lobe reaches up under
+        the heart), and the liver disease's shape; its own fields."""
+        d = self.disease
+        self.lesion_base = LESION_BASE
+        self.liver_gap_mm = 0.0
+        self.left_lobe_lift_mm = 15.0
+        if d["cirrhosis"]:  # small, the right lobe shrinking most, the caudate lobe enlarged
+            self.liver_size = d["cirrhosis_scale"]
+            self.right_lobe_size = d["right_lobe_atrophy"]
+            self.caudate_size = d["caudate_scale"]
+            self.nodularity = d["nodularity"]
+        elif d["hepatomegaly"]:
+            self.liver_size = d["hepatomegaly_scale"]
+        self.f_nodules = Field(r, (-250, -250, -260), (250, 250, 60), 7.0)
+        self.f_lesion = Field(r, (-250, -250, -260), (250, 250, 60), 6.0)
 
     def paint(self, c: Canvas) -> None:
         """Paint every organ onto the canvas, in order of priority."""
         self.prepare(c)
         body.paint_body(self, c)
         body.paint_thorax(self, c)
-        heart.paint_classic_heart(self, c)
+        if self.version == 1:
+            heart.paint_classic_heart(self, c)
+        else:
+            heart.paint_heart(self, c)
         body.paint_lung_vessels(self, c)
         body.paint_spine(self, c)
         body.paint_ribs(self, c)
@@ -58,9 +96,15 @@ class Anatomy:
         abdomen.paint_pancreas(self, c)
         abdomen.paint_stomach(self, c)
         abdomen.paint_gallbladder(self, c)
+        if self.version == 2 and self.disease["ascites"]:
+            liver.paint_ascites_rim(self, c)  # before the liver, which it pushes off the wall
         liver.paint_liver(self, c)
         liver.paint_liver_vessels(self, c)
+        if self.version == 2 and self.disease["biliary_dilatation"]:
+            liver.paint_bile_ducts(self, c)
         liver.paint_lesions(self, c)
+        if self.version == 2 and self.disease["ascites"]:
+            liver.paint_perihepatic_ascites(self, c)
         abdomen.paint_colon(self, c)
         abdomen.paint_small_bowel(self, c)
         body.paint_pelvis(self, c)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,18 @@ import SimpleITK as sitk
 
 from train.phantoms.anatomy import Anatomy
 from train.phantoms.canvas import Canvas
-from train.phantoms.parameters import draw_body, draw_lesions, draw_organs, draw_scan
+from train.phantoms.parameters import (
+    draw_body,
+    draw_disease,
+    draw_heart,
+    draw_lesions,
+    draw_organs,
+    draw_scan,
+    draw_streaks,
+    draw_tumours,
+    resolve_disease,
+    tumour_lesions,
+)
 from train.phantoms.scanner import (
     as_direction,
     axis_grid,
@@ -23,9 +34,9 @@ from train.phantoms.scanner import (
 )
 from train.phantoms.tissues import (
     AIR,
-    HU_RANGES,
+    ANATOMY2_TISSUES,
+    CLASSIC_TISSUES,
     LIVER_CODES,
-    MAX_LESIONS,
     PHASES,
     TEXTURE_HU,
     hu_values,
@@ -61,7 +72,7 @@ CLASSIC_GENERATORS = (
     "noise",
     "texture",
 )
-ANATOMY2_GENERATORS: tuple[str, ...] = ()
+ANATOMY2_GENERATORS = ("heart", "disease", "tumours", "hu2", "fields2", "ducts", "streaks")
 
 
 def make_phantom(
@@ -82,6 +93,7 @@ def make_phantom(
     table: bool | None = None,
     fov_circle: bool | None = None,
     anatomy: int = 2,
+    disease: Mapping[str, bool | str] | None = None,
 ) -> Phantom:
     """A synthetic abdominal CT (HU, int16) and its liver label (uint8 0/1) on the same grid.
 
@@ -100,14 +112,18 @@ def make_phantom(
         flips, axis swaps) is rasterised exactly; an oblique one is resampled from an LPS grid.
         The anatomy stays at the same physical place whatever the direction.
       fov_mm (in-plane field of view), slice_thickness_mm, noise_sd_hu, blur_sigma_mm,
-      n_lesions (0..MAX_LESIONS), fatty_liver, arms, table, fov_circle (pad outside the
-      reconstruction circle).
+      n_lesions (0..MAX_LESIONS; anatomy 1: 0..CLASSIC_MAX_LESIONS), fatty_liver, arms, table,
+      fov_circle (pad outside the reconstruction circle).
       anatomy: which anatomy to draw (ANATOMIES). 1 is the classic generator, kept so that its
         phantoms (the old held-out set, the bundled model's training data) stay reproducible:
         anatomy=1 gives exactly the arrays and params it always gave. 2 (the default) adds what
         real scans hold (see the package docstring); a seed's classic draws are the same in both.
+      disease (anatomy 2): replaces drawn disease flags, e.g. {"cirrhosis": True, "ascites":
+        True, "tumours": "hcc", "lipiodol": True, "biliary_dilatation": False, "hepatomegaly":
+        False}; tumours is one of "none", "benign", "hcc", "metastases"
+        (parameters.TUMOUR_BURDENS), lipiodol needs "hcc".
     Raises ValueError for a negative seed, an unknown phase or anatomy, a non-orthonormal
-    direction or a bad size.
+    direction, a bad size, or a disease that cannot be (or disease with anatomy 1).
     """
     if int(seed) < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
@@ -118,12 +134,21 @@ def make_phantom(
     # its index whatever is spawned after it, so the classic draws are the same in both anatomies.
     names = CLASSIC_GENERATORS + ANATOMY2_GENERATORS
     rngs = dict(zip(names, (np.random.default_rng(s) for s in seq.spawn(len(names))), strict=True))
-    scan = draw_scan(rngs["scan"])
+    scan = draw_scan(rngs["scan"], anatomy)
     body = draw_body(rngs["body"])
     organs = draw_organs(rngs["organs"])
     n_drawn, all_lesions = draw_lesions(rngs["lesions"])
-    hu_u = {name: float(rngs["hu"].uniform()) for name in HU_RANGES}
+    hu_u = {name: float(rngs["hu"].uniform()) for name in CLASSIC_TISSUES}
     tex = {name: float(rngs["texture"].uniform(0.3, 1.5)) for name in sorted(TEXTURE_HU)}
+    heart = sick = streaks = None
+    if anatomy == 2:
+        heart = draw_heart(rngs["heart"])
+        sick = resolve_disease(draw_disease(rngs["disease"]), dict(disease or {}))
+        n_drawn, all_lesions = tumour_lesions(draw_tumours(rngs["tumours"]), sick)
+        hu_u |= {name: float(rngs["hu2"].uniform()) for name in ANATOMY2_TISSUES}
+        streaks = draw_streaks(rngs["streaks"])
+    elif disease is not None:
+        raise ValueError("disease is anatomy 2's: anatomy 1 draws no liver disease")
 
     if phase is not None:
         if phase not in PHASES:
@@ -149,8 +174,11 @@ def make_phantom(
     if fatty_liver is not None:
         organs["fatty_liver"] = bool(fatty_liver)
     if n_lesions is not None:
-        if not 0 <= n_lesions <= MAX_LESIONS:
-            raise ValueError(f"n_lesions must be in 0..{MAX_LESIONS}, got {n_lesions}")
+        most = len(all_lesions)
+        if not 0 <= n_lesions <= most:
+            raise ValueError(
+                f"n_lesions must be in 0..{most} for anatomy {anatomy}, got {n_lesions}"
+            )
         n_drawn = n_lesions
     lesions = all_lesions[:n_drawn]
 
@@ -213,10 +241,10 @@ def make_phantom(
         spacing_c = np.full(3, iso)
 
     canvas = Canvas(origin_c, spacing_c, size_c, (bcx, bcy), dome_z, math.radians(body["roll_deg"]))
-    anat = Anatomy(body, organs, lesions, rngs)
+    anat = Anatomy(body, organs, lesions, rngs, anatomy, heart, sick)
     anat.paint(canvas)
     hu = hu_values(scan["phase"], hu_u, organs, lesions, scan["hu_offset"])
-    img = intensities(anat, canvas, hu, scan, tex, rngs["noise"], len(lesions))
+    img = intensities(anat, canvas, hu, scan, tex, rngs["noise"], len(lesions), streaks)
     is_liver = np.zeros(256, np.uint8)
     is_liver[list(LIVER_CODES)] = 1
     label = is_liver[canvas.tissue]
@@ -281,4 +309,5 @@ def make_phantom(
     }
     if anatomy != 1:  # anatomy 1's params stay exactly what they were: no key means anatomy 1
         params = {"seed": params.pop("seed"), "anatomy": anatomy, **params}
+        params |= {"heart": heart, "disease": sick, "streaks": streaks}
     return Phantom(ct=ct_img, liver=lab_img, params=params, tissues=tis_img)

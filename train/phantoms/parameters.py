@@ -1,4 +1,5 @@
-"""The per-phantom parameter draws: scan, body, organs and lesions, each from its own generator.
+"""The per-phantom parameter draws, each topic from its own generator: scan, body, organs and
+lesions (anatomy 1), and anatomy 2's heart, liver disease, tumours and lipiodol streaks.
 
 Each topic has its own generator (spawned from the seed, see make_phantom), so overriding one value
 never changes another draw, and the values drawn are the same whatever the grid.
@@ -11,10 +12,32 @@ from typing import Any
 
 import numpy as np
 
-from train.phantoms.tissues import MAX_LESIONS, PHASE_PROBABILITIES, PHASES
+from train.phantoms.tissues import CLASSIC_MAX_LESIONS, MAX_LESIONS, PHASE_PROBABILITIES, PHASES
 
 SCAN_KINDS = ("abdomen", "chest_abdomen", "liver", "slab")
 SCAN_KIND_PROBABILITIES = (0.35, 0.1, 0.25, 0.3)
+# Anatomy 2: chest-to-pelvis scans are common in real work, and an abdomen scan starts 20-120 mm
+# above the dome, so the heart is often in view.
+SCAN_KIND_PROBABILITIES_2 = (0.3, 0.35, 0.15, 0.2)
+ABDOMEN_TOP_MM = {1: (20.0, 80.0), 2: (20.0, 120.0)}
+# Anatomy 2's liver disease, per phantom. Liver size: cirrhosis (small, nodular, large caudate)
+# or hepatomegaly, else normal. Ascites: with cirrhosis 60%, without 5%. Tumour burden, by
+# cirrhosis or not: none, benign (hypo/hyperdense lesions and cysts, as anatomy 1's), HCC, or
+# metastases. Lipiodol after TACE in 35% of HCC livers. Biliary dilatation 8%. (Fatty liver, 10%,
+# is anatomy 1's draw.)
+CIRRHOSIS_P, HEPATOMEGALY_P = 0.15, 0.1
+ASCITES_P = {True: 0.6, False: 0.05}
+TUMOUR_BURDENS = ("none", "benign", "hcc", "metastases")
+TUMOUR_BURDEN_P = {True: (0.3, 0.1, 0.5, 0.1), False: (0.45, 0.25, 0.12, 0.18)}
+LIPIODOL_P, BILIARY_DILATATION_P = 0.35, 0.08
+DISEASE_FLAGS = (
+    "cirrhosis",
+    "hepatomegaly",
+    "ascites",
+    "tumours",
+    "lipiodol",
+    "biliary_dilatation",
+)
 SLICE_SPACINGS_MM = (0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)
 FLIPS = tuple((sx, sy, sz) for sx in (1, -1) for sy in (1, -1) for sz in (1, -1))
 
@@ -128,10 +151,12 @@ def draw_organs(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def draw_lesions(rng: np.random.Generator) -> tuple[int, list[dict[str, Any]]]:
-    """(how many lesions this phantom has, MAX_LESIONS drawn lesions): n_lesions picks a prefix."""
+    """Anatomy 1's (how many lesions, CLASSIC_MAX_LESIONS lesions): n_lesions picks a prefix."""
     n = 0 if rng.random() < 0.5 else int(rng.integers(1, 7))
     out = []
-    for _ in range(MAX_LESIONS):  # always draw the maximum so an explicit count shifts nothing
+    for _ in range(
+        CLASSIC_MAX_LESIONS
+    ):  # always draw the maximum: an explicit count shifts nothing
         kind = str(rng.choice(["hypo", "hypo", "cyst", "hyper"]))
         out.append(
             {
@@ -146,9 +171,13 @@ def draw_lesions(rng: np.random.Generator) -> tuple[int, list[dict[str, Any]]]:
     return n, out
 
 
-def draw_scan(rng: np.random.Generator) -> dict[str, Any]:
-    kind = str(rng.choice(SCAN_KINDS, p=SCAN_KIND_PROBABILITIES))
-    top_abdomen, bottom_abdomen = uniform(rng, 20, 80), uniform(rng, -330, -230)
+def draw_scan(rng: np.random.Generator, anatomy: int = 1) -> dict[str, Any]:
+    """The scan: coverage, grid, scanner and phase. Anatomy 2 takes the same draws, read with
+    its own coverage probabilities and abdomen top (so nothing else moves)."""
+    p = SCAN_KIND_PROBABILITIES if anatomy == 1 else SCAN_KIND_PROBABILITIES_2
+    kind = str(rng.choice(SCAN_KINDS, p=p))
+    top_abdomen = uniform(rng, *ABDOMEN_TOP_MM[anatomy])
+    bottom_abdomen = uniform(rng, -330, -230)
     top_chest = uniform(rng, 120, 220)
     top_liver, bottom_liver = uniform(rng, 10, 50), uniform(rng, -230, -170)
     slab_len, slab_centre = uniform(rng, 20, 120), uniform(rng, -160, -10)
@@ -180,4 +209,168 @@ def draw_scan(rng: np.random.Generator) -> dict[str, Any]:
         "fov_circle": bool(rng.random() < 0.35),
         "fov_fill_hu": float(rng.choice([-1024.0, -1024.0, -2048.0, -3024.0])),
         "phase": str(rng.choice(PHASES, p=PHASE_PROBABILITIES)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Anatomy 2's draws, each from a generator of its own.
+
+
+def _log_uniform(u: float, lo: float, hi: float) -> float:
+    """The value at quantile u of a log-uniform distribution on [lo, hi]."""
+    return float(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))))
+
+
+def draw_heart(rng: np.random.Generator) -> dict[str, Any]:
+    """The heart's size, orientation (long axis to the patient's left, front and down), place over
+    the central tendon, how deep it sinks onto the diaphragm, and its layers' thicknesses."""
+    return {
+        "radii_mm": [uniform(rng, 55, 70), uniform(rng, 40, 52), uniform(rng, 38, 48)],
+        "yaw_deg": uniform(rng, -55, -30),
+        "tilt_deg": uniform(rng, 20, 45),
+        "centre_uv": [uniform(rng, 0.1, 0.3), uniform(rng, -0.4, -0.2)],  # of A, BA
+        "sink": uniform(rng, 0.15, 0.35),  # of its half-height, below the diaphragm's top
+        "epicardial_fat_mm": uniform(rng, 1.5, 7),
+        "pericardium_mm": uniform(rng, 1.5, 3.0),
+        "lv_wall_mm": uniform(rng, 8, 12),
+        "rv_wall_mm": uniform(rng, 3, 5),
+        "atrial_wall_mm": uniform(rng, 2, 3),
+    }
+
+
+def draw_disease(rng: np.random.Generator) -> dict[str, Any]:
+    """The uniforms that decide the disease flags (read by resolve_disease) and every magnitude."""
+    return {
+        "u": {
+            name: float(rng.random())
+            for name in ("size", "ascites", "tumours", "lipiodol", "ducts")
+        },
+        "cirrhosis_scale": uniform(rng, 0.82, 0.95),  # linear: 0.55-0.85 of the volume
+        "right_lobe_atrophy": uniform(rng, 0.8, 0.95),
+        "caudate_scale": uniform(rng, 1.3, 1.7),
+        "nodularity": uniform(rng, 0.02, 0.05),  # of the liver's normalised radius
+        "hepatomegaly_scale": uniform(rng, 1.1, 1.25),
+        "ascites_mm": _log_uniform(float(rng.random()), 4, 30),  # mostly a thin rim
+        "ascites_pelvis_mm": uniform(rng, 0, 40),  # pool height above the iliac crest
+        "duct_radius_mm": uniform(rng, 3, 6),
+    }
+
+
+def resolve_disease(drawn: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The disease flags (DISEASE_FLAGS) from the drawn uniforms, `given` ones replacing theirs,
+    the dependent probabilities following what was given; plus the magnitudes.
+
+    Raises ValueError for an unknown flag or burden, cirrhosis with hepatomegaly, or lipiodol
+    without HCC.
+    """
+    unknown = sorted(set(given) - set(DISEASE_FLAGS))
+    if unknown:
+        raise ValueError(f"unknown disease keys {unknown}; use {DISEASE_FLAGS}")
+    u = drawn["u"]
+    out: dict[str, Any] = {}
+    out["cirrhosis"] = bool(given.get("cirrhosis", u["size"] < CIRRHOSIS_P))
+    hepatomegaly = not out["cirrhosis"] and CIRRHOSIS_P <= u["size"] < CIRRHOSIS_P + HEPATOMEGALY_P
+    out["hepatomegaly"] = bool(given.get("hepatomegaly", hepatomegaly))
+    if out["cirrhosis"] and out["hepatomegaly"]:
+        raise ValueError("a liver is either cirrhotic (small) or enlarged, not both")
+    out["ascites"] = bool(given.get("ascites", u["ascites"] < ASCITES_P[out["cirrhosis"]]))
+    cdf = np.cumsum(TUMOUR_BURDEN_P[out["cirrhosis"]])
+    drawn_burden = TUMOUR_BURDENS[min(int(np.searchsorted(cdf, u["tumours"], "right")), 3)]
+    out["tumours"] = str(given.get("tumours", drawn_burden))
+    if out["tumours"] not in TUMOUR_BURDENS:
+        raise ValueError(f"tumours must be one of {TUMOUR_BURDENS}, got {out['tumours']!r}")
+    hcc = out["tumours"] == "hcc"
+    out["lipiodol"] = bool(given.get("lipiodol", hcc and u["lipiodol"] < LIPIODOL_P))
+    if out["lipiodol"] and not hcc:
+        raise ValueError("lipiodol is given to HCC: it needs tumours='hcc'")
+    duct = u["ducts"] < BILIARY_DILATATION_P
+    out["biliary_dilatation"] = bool(given.get("biliary_dilatation", duct))
+    return out | {k: v for k, v in drawn.items() if k != "u"}
+
+
+def draw_tumours(rng: np.random.Generator) -> dict[str, Any]:
+    """Anatomy 2's lesions before the burden is known: a count per burden and MAX_LESIONS lesions
+    with every value any kind needs (always all drawn, so an override shifts nothing)."""
+    counts = {
+        "benign": int(rng.integers(1, 7)),
+        "hcc": int(rng.integers(1, 5)),
+        "metastases": int(rng.integers(6, MAX_LESIONS + 1)),
+    }
+    lesions = []
+    for _ in range(MAX_LESIONS):
+        lesions.append(
+            {
+                "position": [uniform(rng, -1, 1), uniform(rng, -1, 1), uniform(rng, -1, 1)],
+                "elongation": [uniform(rng, 0.7, 1.3), uniform(rng, 0.7, 1.3)],
+                "size_u": float(rng.random()),
+                "benign_kind": str(rng.choice(["hypo", "hypo", "cyst", "hyper"])),
+                "benign_delta_u": float(rng.random()),
+                "cyst_hu": uniform(rng, 0, 20),
+                # HCC against the liver: a little darker unenhanced, bright in the arterial phase,
+                # washed out (darker than the liver) in the portal and delayed phases.
+                "hcc_delta_hu": [
+                    uniform(rng, -20, -5),
+                    uniform(rng, 30, 90),
+                    uniform(rng, -35, -10),
+                    uniform(rng, -40, -10),
+                ],
+                "metastasis_delta_hu": uniform(rng, -60, -20),
+                "necrosis_u": float(rng.random()),
+                "necrosis_fraction": uniform(rng, 0.35, 0.7),  # of the radius
+                "lipiodol_u": float(rng.random()),
+                "lipiodol_cut": uniform(rng, -0.8, 0.3),  # field level: lower fills more
+            }
+        )
+    return {"counts": counts, "lesions": lesions}
+
+
+def tumour_lesions(drawn: dict[str, Any], disease: dict[str, Any]) -> tuple[int, list[dict]]:
+    """(how many lesions the burden has, MAX_LESIONS lesions of its kinds): n_lesions picks a
+    prefix. A burden of none has benign lesions for an explicit count to pick."""
+    burden = disease["tumours"]
+    n = 0 if burden == "none" else drawn["counts"][burden]
+    out = []
+    for i, raw in enumerate(drawn["lesions"]):
+        les = {"position": raw["position"], "elongation": raw["elongation"]}
+        if burden == "hcc":
+            # The first is large (2-7 cm radius), the others smaller satellites or nodules.
+            r = (
+                _log_uniform(raw["size_u"], 20, 70)
+                if i == 0
+                else _log_uniform(raw["size_u"], 6, 30)
+            )
+            les |= {"kind": "hcc", "radius_mm": r, "delta_hu": raw["hcc_delta_hu"]}
+            necrotic = r > 20 and raw["necrosis_u"] < 0.6
+            treated = disease["lipiodol"] and (i == 0 or raw["lipiodol_u"] < 0.5)
+            les["lipiodol_cut"] = raw["lipiodol_cut"] if treated else None
+        elif burden == "metastases":
+            r = _log_uniform(raw["size_u"], 4, 25)
+            les |= {"kind": "metastasis", "radius_mm": r, "delta_hu": raw["metastasis_delta_hu"]}
+            necrotic = r > 15 and raw["necrosis_u"] < 0.3
+        else:
+            kind = raw["benign_kind"]
+            lo, hi = (-70, -15) if kind == "hypo" else (15, 60)
+            les |= {
+                "kind": kind,
+                "radius_mm": _log_uniform(raw["size_u"], 4, 35),
+                "delta_hu": lo + raw["benign_delta_u"] * (hi - lo),
+                "cyst_hu": raw["cyst_hu"],
+            }
+            necrotic = False
+        les["necrosis_fraction"] = raw["necrosis_fraction"] if necrotic else 0.0
+        out.append(les)
+    return n, out
+
+
+def draw_streaks(rng: np.random.Generator) -> dict[str, Any]:
+    """Lipiodol's streak artefact: angular harmonics (bright and dark rays through a deposit),
+    strength (HU at the edge of a 2 cm^2 deposit; at most 1.5 times that for larger ones) and
+    fall-off with distance."""
+    k = 6
+    return {
+        "harmonics": [int(n) for n in rng.integers(6, 40, k)],
+        "weights": [uniform(rng, 0.2, 1.0) for _ in range(k)],
+        "phases": [uniform(rng, 0, 2 * math.pi) for _ in range(k)],
+        "strength_hu": uniform(rng, 40, 150),
+        "falloff_mm": uniform(rng, 20, 60),
     }

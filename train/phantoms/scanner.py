@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from train.phantoms.canvas import Canvas
-from train.phantoms.tissues import AIR, LESION_BASE, TEXTURE_HU, TISSUE_OF_CODE
+from train.phantoms.tissues import AIR, LIPIODOL, TEXTURE_HU, TISSUE_OF_CODE
 
 if TYPE_CHECKING:
     from train.phantoms.anatomy import Anatomy
@@ -37,13 +37,16 @@ def intensities(
     tex: dict[str, float],
     rng: np.random.Generator,
     n_lesions: int,
+    streaks: dict | None = None,
 ) -> np.ndarray:
-    """HU image (D, H, W) float32: tissue means + texture + cupping, then scanner noise and blur."""
+    """HU image (D, H, W) float32: tissue means + texture + cupping (+ lipiodol's streaks), then
+    scanner noise and blur."""
     lut = np.zeros(256, np.float32)
     for code, name in TISSUE_OF_CODE.items():
-        lut[code] = hu[name]
+        if name in hu:  # anatomy 1 draws no HU for anatomy 2's tissues, nor paints them
+            lut[code] = hu[name]
     for i in range(n_lesions):
-        lut[LESION_BASE + i] = hu[f"lesion_{i}"]
+        lut[anat.lesion_base + i] = hu[f"lesion_{i}"]
     t = c.tissue
     img = lut[t]
     for box, codes, name in anat.texture_boxes:
@@ -53,6 +56,8 @@ def intensities(
         img[box.sl] += amp[t[box.sl]] * field
     rho = anat.maps["body"]
     img -= (scan["cupping_hu"] * np.clip(1.0 - rho**2, 0.0, 1.0))[None]
+    if streaks is not None:
+        add_streaks(img, c, streaks)
     sigma_mm = np.array(
         [
             scan["blur_sigma_mm"],
@@ -77,6 +82,27 @@ def intensities(
         outside = (xc[None, :] ** 2 + yc[:, None] ** 2) > (0.5 * scan["fov_mm"]) ** 2
         img[:, outside] = scan["fov_fill_hu"]
     return img
+
+
+def add_streaks(img: np.ndarray, c: Canvas, streaks: dict) -> None:
+    """Lipiodol's streak artefact, in place: in every slice through a deposit, bright and dark rays
+    through its centre (angular harmonics), stronger for a larger deposit, fading with distance;
+    on tissue only (air outside the body keeps its value)."""
+    deposit = c.tissue == LIPIODOL
+    n, weights = np.asarray(streaks["harmonics"]), np.asarray(streaks["weights"])
+    phases = np.asarray(streaks["phases"])
+    pixel_mm2 = float(c.spacing[0] * c.spacing[1])
+    for k in np.flatnonzero(deposit.any(axis=(1, 2))):
+        ys, xs = np.nonzero(deposit[k])
+        dx = c.xr[None, :] - float(c.xr[xs].mean())
+        dy = c.yr[:, None] - float(c.yr[ys].mean())
+        area = len(xs) * pixel_mm2
+        edge = math.sqrt(area / math.pi)  # the deposit's equivalent radius
+        theta = np.arctan2(dy, dx)[..., None]
+        rays = (weights * np.cos(n * theta + phases)).sum(-1) / weights.sum()
+        fade = 1.0 + np.maximum(np.hypot(dx, dy) - edge, 0.0) / streaks["falloff_mm"]
+        amp = streaks["strength_hu"] * min(1.5, math.sqrt(area / 200.0))
+        img[k] += np.where(c.tissue[k] != AIR, amp * rays / fade, 0.0).astype(np.float32)
 
 
 def as_direction(direction: Sequence[float] | np.ndarray) -> np.ndarray:

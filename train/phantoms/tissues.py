@@ -13,10 +13,23 @@ LUNG, LUNG_VESSEL, HEART, AORTA, IVC, PORTAL_VEIN, LIVER, PORTAL_BRANCH, HEPATIC
 GALLBLADDER, SPLEEN, KIDNEY_CORTEX, KIDNEY_MEDULLA, KIDNEY_PELVIS, RENAL_SINUS = range(19, 25)
 GUT_WALL, GUT_FLUID, GAS, STOOL, ORAL_CONTRAST, PANCREAS, TABLE, FOAM, YELLOW_MARROW = range(25, 34)
 MESENTERIC_VESSEL = 34
-LESION_BASE = 40
-MAX_LESIONS = 8
-LIVER_CODES: tuple[int, ...] = (LIVER, PORTAL_BRANCH, HEPATIC_VEIN) + tuple(
-    LESION_BASE + i for i in range(MAX_LESIONS)
+# Anatomy 2's own elements. The heart: its four blood pools, the muscle, the fat on it, its sac.
+HEART_LV, HEART_RV, HEART_LA, HEART_RA, MYOCARDIUM, EPICARDIAL_FAT, PERICARDIUM = range(48, 55)
+# Free fluid in the peritoneal cavity; in the liver: necrotic tumour centres, lipiodol after
+# TACE, dilated intrahepatic bile ducts.
+ASCITES, NECROSIS, LIPIODOL, BILE_DUCT = range(55, 59)
+# Lesion i is LESION_BASE + i; anatomy 1 numbers its (at most 8) lesions from 40, as it always did.
+CLASSIC_LESION_BASE, CLASSIC_MAX_LESIONS = 40, 8
+LESION_BASE = 100
+MAX_LESIONS = 24
+HEART_CODES: tuple[int, ...] = (
+    HEART, HEART_LV, HEART_RV, HEART_LA, HEART_RA, MYOCARDIUM, EPICARDIAL_FAT, PERICARDIUM
+)  # fmt: skip
+# Everything the liver label holds: parenchyma, its vessels and ducts, lesions and what is in them.
+LIVER_CODES: tuple[int, ...] = (
+    (LIVER, PORTAL_BRANCH, HEPATIC_VEIN, BILE_DUCT, NECROSIS, LIPIODOL)
+    + tuple(CLASSIC_LESION_BASE + i for i in range(CLASSIC_MAX_LESIONS))
+    + tuple(LESION_BASE + i for i in range(MAX_LESIONS))
 )
 
 # HU ranges (lo, hi) drawn uniformly per phantom: one pair for every phase, or one pair per phase
@@ -58,6 +71,28 @@ HU_RANGES: dict[str, HURange | tuple[HURange, HURange, HURange, HURange]] = {
     "table": (150.0, 600.0),
     "foam": (-980.0, -850.0),
 }
+# Anatomy 1 draws the HU of these tissues, in this order, from its generator: keep it so.
+CLASSIC_TISSUES: tuple[str, ...] = tuple(HU_RANGES)
+# Anatomy 2's tissues (ANATOMY2_TISSUES; their draws come from a generator of their own). Blood
+# pools: unenhanced 30-55; arterial, the left heart as bright as the aorta and the right heart
+# lower and mixed (unenhanced blood from the IVC still comes in); portal and delayed 120-200 and
+# 90-150, inside the liver's own range, which is why a network must learn what a heart is. The
+# myocardium enhances a little less than its blood.
+_BLOOD = (30.0, 55.0), (250.0, 450.0), (120.0, 200.0), (90.0, 150.0)
+HU_RANGES |= {
+    "lv_blood": _BLOOD,
+    "la_blood": _BLOOD,
+    "rv_blood": ((30.0, 55.0), (100.0, 300.0), (120.0, 200.0), (90.0, 150.0)),
+    "ra_blood": ((30.0, 55.0), (60.0, 250.0), (120.0, 200.0), (90.0, 150.0)),
+    "myocardium": ((35.0, 55.0), (90.0, 160.0), (80.0, 120.0), (65.0, 90.0)),
+    "epicardial_fat": (-120.0, -60.0),
+    "pericardium": (15.0, 45.0),
+    "ascites": (0.0, 20.0),
+    "necrosis": (10.0, 30.0),
+    "lipiodol": (300.0, 3000.0),
+    "bile_duct": (0.0, 25.0),
+}
+ANATOMY2_TISSUES: tuple[str, ...] = tuple(n for n in HU_RANGES if n not in CLASSIC_TISSUES)
 # How far a fatty (steatotic) liver sits below its phase's range.
 FATTY_LIVER_SHIFT_HU: HURange = (-60.0, -20.0)
 
@@ -71,7 +106,10 @@ TISSUE_OF_CODE: dict[int, str] = {
     KIDNEY_PELVIS: "kidney_pelvis", RENAL_SINUS: "visc_fat", GUT_WALL: "gut_wall",
     GUT_FLUID: "gut_fluid", GAS: "gas", STOOL: "stool", ORAL_CONTRAST: "oral_contrast",
     PANCREAS: "pancreas", TABLE: "table", FOAM: "foam", YELLOW_MARROW: "yellow_marrow",
-    MESENTERIC_VESSEL: "portal_vein",
+    MESENTERIC_VESSEL: "portal_vein", HEART_LV: "lv_blood", HEART_RV: "rv_blood",
+    HEART_LA: "la_blood", HEART_RA: "ra_blood", MYOCARDIUM: "myocardium",
+    EPICARDIAL_FAT: "epicardial_fat", PERICARDIUM: "pericardium", ASCITES: "ascites",
+    NECROSIS: "necrosis", LIPIODOL: "lipiodol", BILE_DUCT: "bile_duct",
 }  # fmt: skip
 # Texture (smooth low-frequency variation, e.g. uneven enhancement) amplitude, HU per unit of the
 # draw; only the organs where it shows under the noise get one.
@@ -87,9 +125,9 @@ def hu_range(name: str, phase: str) -> HURange:
 def hu_values(
     phase: str, uniforms: dict[str, float], organs: dict, lesions: list, offset: float
 ) -> dict[str, float]:
-    """HU of every tissue for this phantom: the drawn quantile of its range for the phase."""
+    """HU of every tissue drawn (`uniforms`: name -> quantile) for this phantom and phase."""
     hu = {}
-    for name in HU_RANGES:
+    for name in uniforms:
         lo, hi = hu_range(name, phase)
         hu[name] = lo + uniforms[name] * (hi - lo)
     if organs["fatty_liver"]:
@@ -98,8 +136,10 @@ def hu_values(
     for i, les in enumerate(lesions):
         if les["kind"] == "cyst":
             hu[f"lesion_{i}"] = les["cyst_hu"]
-        else:
-            hu[f"lesion_{i}"] = max(hu["liver"] + les["delta_hu"], -5.0)
+        else:  # against the liver; a list holds one value per phase (an HCC's wash-in and out)
+            delta = les["delta_hu"]
+            delta = delta[PHASES.index(phase)] if isinstance(delta, list) else delta
+            hu[f"lesion_{i}"] = max(hu["liver"] + delta, -5.0)
     for name in hu:
         if name not in ("air", "foam", "table"):
             hu[name] += offset
