@@ -36,3 +36,22 @@ def body_mask(ct: np.ndarray) -> np.ndarray:
     labels, n = ndi.label(ct > -400)
     sizes = ndi.sum_labels(np.ones_like(labels), labels, range(1, n + 1))
     return labels == (1 + int(np.argmax(sizes)))
+
+
+# The scanner's noise and blur off, so that a tissue's voxels hold its drawn HU (plus texture,
+# cupping and the calibration offset).
+NOISELESS = {"noise_sd_hu": 0.0, "blur_sigma_mm": 0.0, "slice_thickness_mm": 0.0}
+# A liver with no disease that changes its shape or surroundings.
+HEALTHY = {"cirrhosis": False, "hepatomegaly": False, "ascites": False, "tumours": "none"}
+HEALTHY |= {"lipiodol": False, "biliary_dilatation": False}
+
+
+def column_gaps_mm(upper: np.ndarray, lower: np.ndarray, spacing_z: float) -> np.ndarray:
+    """In every (y, x) column holding both masks (z, y, x; z up), the distance from the lowest
+    voxel of `upper` to the highest of `lower`, mm (negative: `upper` reaches below)."""
+    nz = upper.shape[0]
+    z = np.arange(nz)[:, None, None]
+    bottom = np.where(upper, z, nz).min(axis=0)
+    top = np.where(lower, z, -1).max(axis=0)
+    both = upper.any(axis=0) & lower.any(axis=0)
+    return (bottom - top)[both] * spacing_z
