@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data", metavar="PATH", help="an MSD task folder, a LiTS folder or a JSON datalist")
     p.add_argument("--phantom-spacing", dest="phantom_spacing_mm", type=float, default=None, metavar="MM",
                    help="draw phantoms on an isotropic MM grid (fast) instead of their scanner grid")
+    p.add_argument("--phantom-anatomy", type=int, default=d.phantom_anatomy, choices=(1, 2),
+                   help="1: the classic phantoms (the bundled model's data); 2: heart, chest-to-pelvis views, diseased livers")
     p.add_argument("--format", dest="data_format", default=d.data_format, choices=DATA_FORMATS)
     p.add_argument("--val", type=int, default=d.n_val, metavar="N",
                    help="validation cases held out (phantoms: N more); a datalist's own split wins")

@@ -26,6 +26,7 @@ class TrainConfig:
     # data: synthetic phantoms (count) or a path in a format
     synthetic: int = 0
     phantom_spacing_mm: float | None = None  # None: phantoms on their own scanner grid
+    phantom_anatomy: int = 1  # train.phantoms.make_phantom's anatomy (1: the bundled model's data)
     data: str | None = None
     data_format: str = "msd"
     n_val: int = 2

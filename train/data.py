@@ -56,6 +56,9 @@ class CaseSource:
     label: Path | None = None
     phantom_seed: int | None = None
     phantom_spacing_mm: float | None = None  # None: the phantom's own scanner grid (as real CT)
+    # 1: the classic phantoms the bundled model learnt from; 2: the anatomy of real scans (heart,
+    # chest-to-pelvis views, diseased livers). The default keeps the recorded training chains exact.
+    phantom_anatomy: int = 1
     split: Literal["training", "validation"] | None = None  # fixed by a datalist, else None
     organs: Path | None = None  # a label map of the organs (TotalSegmentator's classes) on the CT's grid
 
@@ -160,7 +163,7 @@ def find_cases(path: str | Path, data_format: str) -> list[CaseSource]:
 
 
 def phantom_sources(
-    count: int, first_seed: int = 0, spacing_mm: float | None = None
+    count: int, first_seed: int = 0, spacing_mm: float | None = None, anatomy: int = 1
 ) -> list[CaseSource]:
     """`count` synthetic phantoms with consecutive seeds.
 
@@ -169,7 +172,7 @@ def phantom_sources(
     as it does a real CT.
     """
     return [
-        CaseSource(name=f"phantom-{seed}", phantom_seed=seed, phantom_spacing_mm=spacing_mm)
+        CaseSource(name=f"phantom-{seed}", phantom_seed=seed, phantom_spacing_mm=spacing_mm, phantom_anatomy=anatomy)
         for seed in range(first_seed, first_seed + count)
     ]
 
@@ -221,7 +224,9 @@ def load_case_with_organs(source: CaseSource) -> tuple[sitk.Image, sitk.Image, s
         from train.phantoms import make_phantom  # phantoms only when asked for
 
         spacing = source.phantom_spacing_mm
-        phantom = make_phantom(source.phantom_seed, spacing_xyz_mm=None if spacing is None else (spacing,) * 3)
+        phantom = make_phantom(
+            source.phantom_seed, spacing_xyz_mm=None if spacing is None else (spacing,) * 3, anatomy=source.phantom_anatomy
+        )
         return phantom.ct, sitk.Cast(phantom.liver > 0, sitk.sitkUInt8), phantom.tissues
     if source.image is None or source.label is None:
         raise ValueError(f"case {source.name} has neither files nor a phantom seed")

@@ -301,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", default="msd", choices=DATA_FORMATS)
     parser.add_argument("--first-seed", type=int, default=VALIDATION_PHANTOM_SEED,
                         help="first phantom seed (default: the trainer's validation seeds)")
+    parser.add_argument("--anatomy", type=int, default=1, choices=(1, 2),
+                        help="phantoms' anatomy: 1 the classic set (the README's held-out figures), 2 heart and disease")
     parser.add_argument("--cases", type=int, default=None, help="evaluate only the first N cases")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--confidence", action="store_true", help="also score the confidence map (AUROC)")
@@ -318,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     model = load_model(args.model, args.checkpoints, device=device)
-    sources = (phantom_sources(args.synthetic, args.first_seed) if args.synthetic
+    sources = (phantom_sources(args.synthetic, args.first_seed, anatomy=args.anatomy) if args.synthetic
                else find_cases(args.data, args.format))
     sources = sources[: args.cases] if args.cases else sources
     out = Path(args.out or Path("runs") / "eval" / args.model)

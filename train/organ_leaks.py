@@ -19,6 +19,7 @@ import numpy as np
 
 from train.phantoms import (
     AORTA,
+    ASCITES,
     CARTILAGE,
     CORTEX,
     CSF,
@@ -29,7 +30,7 @@ from train.phantoms import (
     GAS,
     GUT_FLUID,
     GUT_WALL,
-    HEART,
+    HEART_CODES,
     IVC,
     KIDNEY_CORTEX,
     KIDNEY_MEDULLA,
@@ -153,7 +154,7 @@ TOTALSEGMENTATOR_GROUPS: dict[str, tuple[int, ...]] = groups_from_names(
 # tests/train/test_organ_leaks.py fails when train.phantoms exports a code that no group holds.
 PHANTOM_GROUPS: dict[str, tuple[int, ...]] = {
     "liver": LIVER_CODES,  # parenchyma, its vessels and lesions: the liver label
-    "heart": (HEART,),
+    "heart": HEART_CODES,  # the classic one-code heart, and anatomy 2's chambers, myocardium, fat and pericardium
     "spleen": (SPLEEN,),
     "stomach": (),  # the generator paints the stomach with the bowel's codes (GUT_WALL, GUT_FLUID, GAS)
     "kidneys": (KIDNEY_CORTEX, KIDNEY_MEDULLA, KIDNEY_PELVIS, RENAL_SINUS),
@@ -164,7 +165,7 @@ PHANTOM_GROUPS: dict[str, tuple[int, ...]] = {
     "lungs": (LUNG, LUNG_VESSEL),
     "bone": (CORTEX, MARROW, YELLOW_MARROW, CARTILAGE, DISC),
     "body_wall": (SKIN, FAT, MUSCLE, VISC_FAT),  # MUSCLE is the diaphragm too
-    "other": (CSF, TABLE, FOAM),
+    "other": (CSF, TABLE, FOAM, ASCITES),
 }
 
 

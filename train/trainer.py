@@ -63,11 +63,12 @@ class TrainResult:
 def select_cases(config: TrainConfig) -> tuple[list[CaseSource], list[CaseSource], str]:
     """(training sources, validation sources, a sentence describing the data for the card)."""
     if config.synthetic > 0:
-        spacing = config.phantom_spacing_mm
-        train_sources = phantom_sources(config.synthetic, 0, spacing)
-        val_sources = phantom_sources(config.n_val, VALIDATION_PHANTOM_SEED, spacing)
+        spacing, anatomy = config.phantom_spacing_mm, config.phantom_anatomy
+        train_sources = phantom_sources(config.synthetic, 0, spacing, anatomy)
+        val_sources = phantom_sources(config.n_val, VALIDATION_PHANTOM_SEED, spacing, anatomy)
         grid = "their own scanner grids" if spacing is None else f"a {spacing:g} mm grid"
-        text = (f"{config.synthetic} synthetic phantoms (train.phantoms.make_phantom, seeds 0-"
+        drawn = "" if anatomy == 1 else f", anatomy {anatomy}"
+        text = (f"{config.synthetic} synthetic phantoms (train.phantoms.make_phantom{drawn}, seeds 0-"
                 f"{config.synthetic - 1}, drawn on {grid}); validated on {config.n_val} more (seeds "
                 f"{VALIDATION_PHANTOM_SEED}-{VALIDATION_PHANTOM_SEED + config.n_val - 1})")
         return train_sources, val_sources, text
