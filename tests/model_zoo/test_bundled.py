@@ -48,8 +48,9 @@ def test_the_default_setting_names_a_bundled_card() -> None:
 
 
 def held_out_phantom():
-    """The phantom both the golden input and the Dice floor below are taken from."""
-    return make_phantom(HELD_OUT_SEED, spacing_xyz_mm=(2.0, 2.0, 2.5))
+    """The phantom both the golden input and the Dice floor below are taken from: the classic
+    anatomy the bundled model learnt from, as its Dice in the comments was measured on."""
+    return make_phantom(HELD_OUT_SEED, spacing_xyz_mm=(2.0, 2.0, 2.5), anatomy=1)
 
 
 def golden_input(model) -> np.ndarray:
