@@ -103,13 +103,26 @@ def _refuse_detached_data(name: str, path: Path, kind: Kind) -> None:
     with path.open("rb") as f:
         head = f.read(HEAD_BYTES)
     if kind is Kind.METAIMAGE:
-        match = re.search(rb"^\s*ElementDataFile\s*=\s*(.*?)\s*$", head, re.MULTILINE | re.IGNORECASE)
-        if match is None:
+        # Every ElementDataFile key, in any letter case, up to the one that ends ITK's header (the
+        # exact key; its pixels follow): one other spelling before it once hid a path behind LOCAL.
+        named = []
+        for line in head.split(b"\n"):
+            key, equals, value = line.partition(b"=")
+            if equals and key.strip().lower() == b"elementdatafile":
+                named.append(value.strip())
+                if key.strip() == b"ElementDataFile":
+                    break
+        if not named:
             raise UnsupportedFormat(f"'{name}' is a MetaImage header without ElementDataFile: the file is damaged.")
-        if match.group(1).upper() != b"LOCAL":
+        if len(named) > 1:
+            raise UnsupportedFormat(
+                f"'{name}' is a MetaImage header that names ElementDataFile {len(named)} times; upload a "
+                "single-file .mha with one ElementDataFile = LOCAL."
+            )
+        if named[0].upper() != b"LOCAL":
             raise UnsupportedFormat(
                 f"'{name}' is a MetaImage header whose pixels are in another file "
-                f"(ElementDataFile = {match.group(1)[:80].decode('latin-1')}); upload a single-file .mha "
+                f"(ElementDataFile = {named[0][:80].decode('latin-1')}); upload a single-file .mha "
                 "(ElementDataFile = LOCAL)."
             )
         return

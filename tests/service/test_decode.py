@@ -222,6 +222,26 @@ def _mha_external(tmp_path):
     return path
 
 
+def _mha_hidden_path(case_variant: bytes):
+    """LOCAL under another letter case, then the path ITK reads (the probe read a server file so)."""
+    def make(tmp_path):
+        path = tmp_path / "ct.mha"
+        path.write_bytes(
+            b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\n"
+            + case_variant + b" = LOCAL\nElementDataFile = /etc/hostname\n"
+        )
+        return path
+    return make
+
+
+def _nrrd_variant(line: bytes):
+    def make(tmp_path):
+        path = tmp_path / "ct.nrrd"
+        path.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n" + line + b"\n\n")
+        return path
+    return make
+
+
 def _nrrd_detached(tmp_path):
     path = tmp_path / "ct.nrrd"
     path.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\ndata file: /etc/passwd\n\n")
@@ -252,6 +272,11 @@ BAD_FILES = [
     ("complex nifti", _file("c.nii", nifti1_header((4, 4, 4), datatype=32, bitpix=64) + bytes(8 * 64)), {}, InvalidVolume, "complex"),
     ("mha external data", _mha_external, {}, UnsupportedFormat, "another file"),
     ("nrrd detached", _nrrd_detached, {}, UnsupportedFormat, "detached"),
+    ("mha LOCAL in lower case, then a path", _mha_hidden_path(b"elementdatafile"), {}, UnsupportedFormat, "2 times"),
+    ("mha LOCAL in upper case, then a path", _mha_hidden_path(b"ELEMENTDATAFILE"), {}, UnsupportedFormat, "2 times"),
+    ("nrrd datafile", _nrrd_variant(b"datafile: /etc/hostname"), {}, UnsupportedFormat, "detached"),
+    ("nrrd data file list", _nrrd_variant(b"data file: LIST"), {}, UnsupportedFormat, "detached"),
+    ("nrrd data file pattern", _nrrd_variant(b"Data File: /etc/host%d 0 1 1"), {}, UnsupportedFormat, "detached"),
     ("voxels", _image("ct.nrrd", np.zeros((8, 10, 12), np.int16)), {"max_voxels": 500}, TooLarge, "LIVERSEG_MAX_VOXELS"),
     ("slices", _image("ct.nii.gz", np.zeros((8, 10, 12), np.int16)), {"max_slices": 7}, TooLarge, "LIVERSEG_MAX_SLICES"),
     ("upload bytes", _image("ct.nii", np.zeros((8, 10, 12), np.int16)), {"max_upload_bytes": 1000}, TooLarge, "LIVERSEG_MAX_UPLOAD_BYTES"),
