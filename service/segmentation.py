@@ -1,7 +1,7 @@
 """One segmentation from uploaded files to its answers: the use case `POST /segment` and the job
 runner both run, step by step, so that each decision about a request is made here once.
 
-    Segmentation(params, settings, worker)   model and options resolved (404/422 before any upload is read)
+    SegmentUpload(params, settings, worker)  model and options resolved (404/422 before any upload is read)
       .decode(uploads)                        the volume (415/413/422), a SEG asked of a non-DICOM input refused
       .task(progress) -> worker.submit(...)   what the inference worker runs
       .finish(result)                         the worker's answer
@@ -34,7 +34,7 @@ JOB_FILES = {
 }
 
 
-class Segmentation:
+class SegmentUpload:
     """One upload's way through the service; see the module docstring for the order of the steps."""
 
     def __init__(self, params: SegmentParams, settings: Settings, worker: InferenceWorker):

@@ -11,7 +11,7 @@ from service.errors import LiversegError, QueueFull
 from service.io.decode import Upload
 from service.jobs.store import JobRecord, JobStore
 from service.options import SegmentParams
-from service.segmentation import JOB_FILES, Segmentation
+from service.segmentation import JOB_FILES, SegmentUpload
 from service.settings import Settings
 from service.worker import InferenceWorker
 
@@ -35,8 +35,8 @@ class JobRunner:
             self.store.fail(job.id, "internal_error", "The segmentation failed unexpectedly; the service log has details.")
 
     def _run(self, job: JobRecord) -> None:
-        segmentation = Segmentation(SegmentParams(**job.params), self.settings, self.worker)
-        segmentation.decode([Upload(name, path) for name, path in self.store.inputs(job.id)])
+        run = SegmentUpload(SegmentParams(**job.params), self.settings, self.worker)
+        run.decode([Upload(name, path) for name, path in self.store.inputs(job.id)])
         self.store.set_progress(job.id, 0.05)
 
         last = [0.0]
@@ -46,21 +46,21 @@ class JobRunner:
                 last[0] = time.monotonic()
                 self.store.set_progress(job.id, 0.05 + 0.85 * fraction)
 
-        task = segmentation.task(progress)
+        task = run.task(progress)
         while True:
             try:
                 future = self.worker.submit(task)
                 break
             except QueueFull:
                 time.sleep(0.2)  # the synchronous route filled the queue; our turn comes
-        segmentation.finish(future.result())
+        run.finish(future.result())
 
         if self.store.get(job.id) is None:
             return  # deleted while it ran: drop the results
         started = time.perf_counter()
         folder = self.store.folder(job.id)
-        for link, data in segmentation.job_files().items():
+        for link, data in run.job_files().items():
             (folder / JOB_FILES[link]).write_bytes(data)
-        summary = segmentation.summary(time.perf_counter() - started)
+        summary = run.summary(time.perf_counter() - started)
         (folder / JOB_FILES["summary"]).write_text(summary.model_dump_json(indent=2))
-        self.store.finish(job.id, summary.model_dump(), segmentation.no_seg_reason)
+        self.store.finish(job.id, summary.model_dump(), run.no_seg_reason)

@@ -18,7 +18,7 @@ from service.api.uploads import FileField, FilesField, collect, spool
 from service.errors import TimedOut
 from service.options import SegmentParams
 from service.schemas import Summary
-from service.segmentation import Segmentation
+from service.segmentation import SegmentUpload
 from service.summary import summary_headers
 
 router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
@@ -45,12 +45,12 @@ async def segment(
 ) -> Response:
     """Segment the liver in one CT and answer when it is done (large studies: use /jobs)."""
     parts = collect(file, files)
-    segmentation = Segmentation(params, settings, worker)  # an unknown model or option: before the upload is read
+    run = SegmentUpload(params, settings, worker)  # an unknown model or option: before the upload is read
     with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.data_dir) as folder:
         uploads = await run_in_threadpool(spool, parts, Path(folder))
-        await run_in_threadpool(segmentation.decode, uploads)
+        await run_in_threadpool(run.decode, uploads)
 
-    future = worker.submit(segmentation.task())
+    future = worker.submit(run.task())
     try:
         result = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
     except TimeoutError:
@@ -61,12 +61,12 @@ async def segment(
             retry_after_s=30,
         ) from None
 
-    segmentation.finish(result)
+    run.finish(result)
     started = time.perf_counter()
     body = None
     if params.output != "json":
-        body, media_type, filename = await run_in_threadpool(segmentation.encode, params.output)
-    summary = segmentation.summary(time.perf_counter() - started)
+        body, media_type, filename = await run_in_threadpool(run.encode, params.output)
+    summary = run.summary(time.perf_counter() - started)
     metrics.observe_stages(summary.timings_s)
     if body is None:
         return JSONResponse(summary.model_dump(mode="json"))
