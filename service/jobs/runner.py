@@ -25,14 +25,23 @@ class JobRunner:
         self.store, self.worker, self.settings = store, worker, settings
 
     def run(self, job: JobRecord) -> None:
-        """Decode, segment and encode one job; any failure is recorded on the job, never raised."""
+        """Decode, segment and encode one job; any failure is recorded on the job, never raised.
+
+        Logs one line per outcome: the id, the input's bytes, the seconds, and the error code
+        (never the client's sentence, which may quote its file's header).
+        """
+        started = time.perf_counter()
+        outcome = "done"
         try:
             self._run(job)
         except LiversegError as error:
+            outcome = f"failed ({error.code})"
             self.store.fail(job.id, error.code, error.detail)
         except Exception:
+            outcome = "failed (internal_error)"
             log.exception("job %s failed", job.id)
             self.store.fail(job.id, "internal_error", "The segmentation failed unexpectedly; the service log has details.")
+        log.info("job %s %s: %d input bytes in %.1f s", job.id, outcome, job.input_bytes, time.perf_counter() - started)
 
     def _run(self, job: JobRecord) -> None:
         run = SegmentUpload(SegmentParams(**job.params), self.settings, self.worker)

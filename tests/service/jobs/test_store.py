@@ -184,3 +184,27 @@ def test_a_database_of_a_newer_version_is_refused(tmp_path: Path) -> None:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(JobsDatabaseError, match="written by a newer liverseg"):
         JobStore(tmp_path)
+
+
+def test_the_runner_logs_one_line_per_job_outcome(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from service.errors import UnknownModel
+    from service.jobs.runner import JobRunner
+    from service.settings import Settings
+
+    store = JobStore(tmp_path)
+    upload = tmp_path / "upload"
+    upload.write_bytes(b"this is not a CT" * 4)
+    job = store.create({}, [("notes.txt", upload)])
+    class NoModels:  # the job fails as a client's mistake would, before anything heavy runs
+        def check_model(self, name: str):
+            raise UnknownModel(f"No model {name!r} here, not a CT either")
+
+    runner = JobRunner(store, worker=NoModels(), settings=Settings(data_dir=tmp_path))
+    with caplog.at_level(logging.INFO, logger="service.jobs.runner"):
+        runner.run(store.claim_next())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "service.jobs.runner"]
+    assert line.startswith(f"job {job.id} failed (unknown_model): 64 input bytes in ")
+    assert "not a CT" not in line  # the code, never the sentence
+    assert store.get(job.id).error == "unknown_model"
