@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -37,6 +37,13 @@ class SegmentTask:
     model_name: str
     options: InferenceOptions
     progress: Progress | None = None
+    # Set by whoever waits on the task when nobody will collect its result (a timed-out request,
+    # a client gone): the worker stops it at the next window batch and takes the next task.
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class Cancelled(Exception):
+    """A task was stopped between window batches because its result was no longer wanted."""
 
 
 @dataclass
@@ -62,6 +69,7 @@ class InferenceWorker:
         self._stopping = False
         self.ready = False
         self.recent_seconds: list[float] = []  # durations of the last runs, for time estimates
+        self._started = 0.0  # when the running task started
 
     def check_model(self, name: str) -> ModelCard:
         """The card of model `name`; UnknownModel unless it is in the registry (cheap: reads the card only)."""
@@ -126,23 +134,34 @@ class InferenceWorker:
             future, task, queued_at = item
             if not future.set_running_or_notify_cancel():
                 continue  # the client gave up while it waited
-            started = time.perf_counter()
+            started = self._started = time.perf_counter()
             try:
                 future.set_result(self._run(task, started - queued_at))
             except BaseException as error:  # noqa: BLE001  the worker must outlive any one task
                 future.set_exception(error)
             finally:
-                self.recent_seconds = [*self.recent_seconds[-9:], time.perf_counter() - started]
+                if not task.cancelled.is_set():  # a run cut short says nothing of how long runs take
+                    self.recent_seconds = [*self.recent_seconds[-9:], time.perf_counter() - started]
 
     def _run(self, task: SegmentTask, queued_s: float) -> WorkerResult:
         loaded = self.model(task.model_name)
         options = replace(task.options, window_device=self.device)
+
+        def progress(fraction: float) -> None:  # called after every window batch
+            if task.cancelled.is_set():
+                raise Cancelled("the segmentation was cancelled: its result was no longer wanted")
+            if task.progress is not None:
+                task.progress(fraction)
+
         try:
-            result = segment(task.image, loaded, options, task.progress)
+            result = segment(task.image, loaded, options, progress)
             return WorkerResult(result, loaded, self.device, False, queued_s)
+        except Cancelled:
+            log.info("cancelled a segmentation nobody would collect, after %.1f s", time.perf_counter() - self._started)
+            raise
         except torch.cuda.OutOfMemoryError:
             # Large CTs must not fail for memory (TS #157): one window at a time, stitch on the host.
             log.warning("CUDA out of memory; retrying with batch 1 and host aggregation")
             torch.cuda.empty_cache()
-            result = segment(task.image, loaded, with_fallback(options), task.progress)
+            result = segment(task.image, loaded, with_fallback(options), progress)
             return WorkerResult(result, loaded, self.device, True, queued_s)

@@ -83,3 +83,18 @@ def test_a_full_queue_answers_503_with_retry_after(server_factory) -> None:
         busy = next(r for r in responses if r.status_code == 503)
         assert busy.json()["error"] == "busy" and int(busy.headers["retry-after"]) >= 1
         assert client.get("/healthz").status_code == 200
+
+
+def test_work_abandoned_by_a_timed_out_request_stops_and_the_next_request_is_served(server_factory) -> None:
+    server = server_factory(request_timeout_s=2, log_level="info").start()
+    # Thousands of windows (fine spacing, overlap 0.9): minutes of work for the tiny network.
+    heavy, _ = sphere_ct(ORIENTATIONS["LPS"], size_xyz=(320, 320, 240), spacing_xyz=(1.0, 1.0, 1.0))
+    light, _ = sphere_ct(ORIENTATIONS["LPS"], size_xyz=(24, 24, 12))
+    with server.client() as client:
+        timed_out = client.post("/segment", params={"output": "json", "overlap": 0.9}, files={"file": ("ct.nii.gz", nifti_bytes(heavy))})
+        assert timed_out.status_code == 503 and timed_out.json()["error"] == "busy", timed_out.text
+        after = client.post("/segment", params={"output": "json"}, files={"file": ("ct.nii.gz", nifti_bytes(light))})
+    assert after.status_code == 200, after.text
+    # It waited for one window batch of the abandoned task at most, not for the whole of it.
+    assert after.json()["timings_s"]["queued"] < 5.0, after.json()["timings_s"]
+    assert "cancelled a segmentation nobody would collect" in server.log.read_text()

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
@@ -36,6 +36,7 @@ router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)
     response_class=Response,
 )
 async def segment(
+    request: Request,
     params: Annotated[SegmentParams, Query()],
     settings: SettingsDep,
     worker: WorkerDep,
@@ -50,16 +51,29 @@ async def segment(
         uploads = await run_in_threadpool(spool, parts, Path(folder))
         await run_in_threadpool(run.decode, uploads)
 
-    future = worker.submit(run.task())
-    try:
-        result = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
-    except TimeoutError:
-        future.cancel()
-        raise TimedOut(
-            f"The segmentation did not finish within {settings.request_timeout_s:.0f} s; "
-            "submit large studies to /jobs instead.",
-            retry_after_s=30,
-        ) from None
+    task = run.task()
+    future = worker.submit(task)
+    waiting = asyncio.wrap_future(future)
+    deadline = time.monotonic() + settings.request_timeout_s
+    while not waiting.done():
+        # Nobody will collect an answer past the deadline or after the client left: the worker
+        # stops the task at its next window batch and serves the requests behind it.
+        await asyncio.wait({waiting}, timeout=min(1.0, max(deadline - time.monotonic(), 0.0)))
+        if waiting.done():
+            break
+        if time.monotonic() >= deadline:
+            task.cancelled.set()
+            future.cancel()
+            raise TimedOut(
+                f"The segmentation did not finish within {settings.request_timeout_s:.0f} s; "
+                "submit large studies to /jobs instead.",
+                retry_after_s=30,
+            )
+        if await request.is_disconnected():
+            task.cancelled.set()
+            future.cancel()
+            return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+    result = waiting.result()
 
     run.finish(result)
     started = time.perf_counter()
