@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from service.api import errors
 from service.api.body_limit import BodyLimitMiddleware
+from service.api.request_metrics import RequestMetricsMiddleware
 from service.api.routes import health, jobs, models, segment
 from service.jobs.dispatch import Dispatcher, InProcessDispatcher
 from service.jobs.runner import JobRunner
@@ -74,14 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (segment.router, jobs.router, models.router, health.router):
         app.include_router(router)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     return app

@@ -98,3 +98,18 @@ def test_work_abandoned_by_a_timed_out_request_stops_and_the_next_request_is_ser
     # It waited for one window batch of the abandoned task at most, not for the whole of it.
     assert after.json()["timings_s"]["queued"] < 5.0, after.json()["timings_s"]
     assert "cancelled a segmentation nobody would collect" in server.log.read_text()
+
+
+def test_work_whose_client_left_stops_and_the_next_request_is_served(server_factory) -> None:
+    import httpx
+
+    server = server_factory(log_level="info").start()  # the default 900 s timeout: only the client leaves
+    heavy, _ = sphere_ct(ORIENTATIONS["LPS"], size_xyz=(320, 320, 240), spacing_xyz=(1.0, 1.0, 1.0))
+    light, _ = sphere_ct(ORIENTATIONS["LPS"], size_xyz=(24, 24, 12))
+    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(60.0, read=4.0)) as impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post("/segment", params={"output": "json", "overlap": 0.9}, files={"file": ("ct.nii.gz", nifti_bytes(heavy))})
+    with server.client() as client:
+        after = client.post("/segment", params={"output": "json"}, files={"file": ("ct.nii.gz", nifti_bytes(light))})
+    assert after.status_code == 200, after.text
+    assert after.json()["timings_s"]["queued"] < 6.0, after.json()["timings_s"]
+    assert "cancelled a segmentation nobody would collect" in server.log.read_text()
