@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.api import errors
 from service.api.body_limit import BodyLimitMiddleware
@@ -64,7 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # A DICOM series comes as one multipart part per file: allow as many parts as an upload may
     # hold files (Starlette's default of 1000 answered a 1,001-slice series with 400).
-    app = FastAPI(
+    # FastAPIOffline: FastAPI with /docs and /redoc served from assets in the package, since
+    # FastAPI's own pages load Swagger UI and ReDoc from a CDN, blank on a hospital network.
+    app = FastAPIOffline(
         title="liverseg", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
         form_limits={"max_files": settings.max_zip_members},
     )

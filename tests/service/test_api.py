@@ -204,3 +204,16 @@ def test_a_damaged_jobs_database_stops_startup_and_leaves_no_thread(settings) ->
         pass
     # The worker's thread (not a daemon) once started before the store failed, and the process hung.
     assert not [t for t in threading.enumerate() if t.name.startswith("liverseg-")]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_docs_load_nothing_from_another_host(client, page) -> None:
+    import re
+
+    html = client.get(page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: ?["']([^"']+)["']""", html.text)
+    urls = [a or b for a, b in assets]
+    assert urls and not [u for u in urls if re.match(r"(https?:)?//", u)], urls  # a CDN left the page blank offline
+    for url in urls:
+        assert client.get(url).status_code == 200, url  # the script, the stylesheet, the schema
