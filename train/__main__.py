@@ -51,11 +51,22 @@ def _json_object(text: str) -> dict:
     return value
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and each option's default where its help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == [] or action.default is argparse.SUPPRESS
+        if not action.option_strings or "default" in text or unset:  # `is`: a default of 0 is shown
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's arguments (defaults from TrainConfig)."""
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_Help)
     p.add_argument("--arch", default=d.arch, help="registered architecture (dsn3d, unet3d_ds, unetpp3d)")
     p.add_argument("--arch-kwargs", type=_json_object, default={}, help="constructor kwargs as JSON")
     p.add_argument("--tag", default=d.tag, help="checkpoint name is ARCH.TAG")
@@ -81,13 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="NAME", default=None,
                    help="fine-tune: start from the weights of checkpoint NAME (in --out's folder); a "
                         "unet3d_ds may be widened to whole multiples of its features (train/widen.py)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch)
-    p.add_argument("--batch", dest="batch_size", type=int, default=d.batch_size)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs to train")
+    p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch, help="optimiser steps per epoch")
+    p.add_argument("--batch", dest="batch_size", type=int, default=d.batch_size, help="patches per step")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer,
                    help="adamw, or sgd (momentum 0.99, Nesterov; use --lr 0.01); both with poly decay")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (poly decay)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="the optimiser's weight decay")
     p.add_argument("--ds-weights", type=parse_ds_weights, default=d.ds_weights,
                    help='"dsn" (0.6/0.3/0.1), "halving" (nnU-Net) or numbers "0.6,0.3,0.1"')
     p.add_argument("--ds-decay", default=d.ds_decay,
@@ -95,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_false",
                    help="train the main output only")
     p.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
-    p.add_argument("--val-every", type=int, default=d.val_every, metavar="EPOCHS")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--val-every", type=int, default=d.val_every, metavar="EPOCHS", help="validate every EPOCHS epochs")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of everything random in the run")
     p.add_argument("--data-workers", type=int, default=d.data_workers, metavar="N",
                    help="processes preparing the cases onto the model grid (default: CPU cores, at most 8)")
     p.add_argument("--device", default=d.device, help='"auto", "cpu", "cuda", "cuda:1"...')

@@ -41,3 +41,16 @@ def test_cli_trains_and_exports(tmp_path, capsys):
     assert card.license == PHANTOM_LICENSE and card.intended_use.startswith("Trained on synthetic phantoms only")
     assert card.confidence == CONFIDENCE_METHOD
     assert "exported dsn3d.cli" in capsys.readouterr().out
+
+
+def test_help_shows_every_default(capsys):
+    import pytest
+
+    from train.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("epochs to train (default: 50)", "patches per step (default: 2)", "(default: auto)", "(default: custom)",
+                  "random in the run (default: 0)"):
+        assert shown in text, shown
