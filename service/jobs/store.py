@@ -109,10 +109,12 @@ class JobStore:
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
         path = Path(data_dir) / DATABASE
-        # A 0-byte file is a database that lost its contents (SQLite would start it empty).
-        if path.exists() and path.stat().st_size == 0:
+        # A 0-byte file beside job folders is a database that lost its contents (SQLite would start
+        # it empty). Without job folders it is one that another process is creating this moment
+        # (SQLite makes the file, then writes its header): a replica starting beside the API.
+        if path.exists() and path.stat().st_size == 0 and any(is_job_id(f.name) for f in self.root.iterdir()):
             raise JobsDatabaseError(
-                f"The jobs database {path} is empty (0 bytes): it was truncated. Restore it from a backup, or "
+                f"The jobs database {path} is empty (0 bytes) beside the jobs it held: it was truncated. Restore it from a backup, or "
                 f"delete it to start with no jobs (the job files under {self.root} are kept)."
             )
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

@@ -83,7 +83,7 @@ def test_a_damaged_jobs_database_exits_at_once_with_one_line(
     tiny_checkpoint_dir, tmp_path, content: bytes, says: str
 ) -> None:
     data = tmp_path / "var"
-    data.mkdir()
+    (data / "jobs" / ("e" * 32)).mkdir(parents=True)  # a job the database no longer knows
     (data / "jobs.sqlite3").write_bytes(content)
     started = time.monotonic()
     result = subprocess.run(

@@ -172,6 +172,7 @@ def test_a_database_of_the_unversioned_schema_is_migrated_and_keeps_its_jobs(tmp
     [(b"", "is empty (0 bytes)"), (b"this is not a database" * 100, "is damaged (file is not a database)")],
 )
 def test_a_damaged_or_emptied_database_is_refused_with_what_to_do(tmp_path: Path, content: bytes, says: str) -> None:
+    (tmp_path / "jobs" / ("e" * 32)).mkdir(parents=True)  # a job the database no longer knows
     (tmp_path / "jobs.sqlite3").write_bytes(content)
     with pytest.raises(JobsDatabaseError, match=re.escape(says)) as refused:
         JobStore(tmp_path)
@@ -208,3 +209,10 @@ def test_the_runner_logs_one_line_per_job_outcome(tmp_path: Path, caplog) -> Non
     assert line.startswith(f"job {job.id} failed (unknown_model): 64 input bytes in ")
     assert "not a CT" not in line  # the code, never the sentence
     assert store.get(job.id).error == "unknown_model"
+
+
+def test_an_empty_file_with_no_jobs_beside_it_is_a_database_being_created(tmp_path: Path) -> None:
+    # Another process (the API beside a queue worker) has created the file and not yet its header.
+    (tmp_path / "jobs.sqlite3").write_bytes(b"")
+    store = JobStore(tmp_path)
+    assert store.counts() == {"queued": 0, "running": 0, "done": 0, "failed": 0}
