@@ -129,19 +129,27 @@ class JobStore:
             ) from None
 
     def _migrate(self, path: Path) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise JobsDatabaseError(
-                f"The jobs database {path} was written by a newer liverseg (schema {version}; this one "
-                f"knows {SCHEMA_VERSION}): run that version, or move the database aside."
-            )
-        columns = ", ".join(f"{name} {kind}" for name, kind in _COLUMNS.items())
-        self._db.execute(f"CREATE TABLE IF NOT EXISTS jobs ({columns})")
-        present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for name, kind in _COLUMNS.items():
-            if name not in present:  # an older version's table: add what it lacks
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind.replace('PRIMARY KEY', '')}")
-        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # One transaction holding the write lock: processes starting together (the API and its
+        # queue workers) migrate one after the other, the later ones finding nothing to add.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JobsDatabaseError(
+                    f"The jobs database {path} was written by a newer liverseg (schema {version}; this one "
+                    f"knows {SCHEMA_VERSION}): run that version, or move the database aside."
+                )
+            columns = ", ".join(f"{name} {kind}" for name, kind in _COLUMNS.items())
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS jobs ({columns})")
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _COLUMNS.items():
+                if name not in present:  # an older version's table: add what it lacks
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind.replace('PRIMARY KEY', '')}")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:

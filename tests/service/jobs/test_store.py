@@ -216,3 +216,16 @@ def test_an_empty_file_with_no_jobs_beside_it_is_a_database_being_created(tmp_pa
     (tmp_path / "jobs.sqlite3").write_bytes(b"")
     store = JobStore(tmp_path)
     assert store.counts() == {"queued": 0, "running": 0, "done": 0, "failed": 0}
+
+
+def test_processes_opening_an_old_database_together_all_migrate_it(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        db.execute(OLD_SCHEMA)
+    # The API and its queue workers start at once: each adds the missing columns, or finds them added.
+    with ThreadPoolExecutor(8) as pool:
+        stores = list(pool.map(lambda _: JobStore(tmp_path), range(8)))
+    assert all(store.counts()["queued"] == 0 for store in stores)
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        assert {row[1] for row in db.execute("PRAGMA table_info(jobs)")} >= {"tries", "input_bytes", "no_seg_reason"}
