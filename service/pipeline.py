@@ -132,7 +132,6 @@ def predict_probabilities(
         the model grid.
     """
     card = model.card
-    check_options(card, options)  # resolve_options checked them already; options built by hand are checked here
     forward_kwargs: dict[str, object] = {"deep_supervision": True}
     if options.depth is not None:
         forward_kwargs["depth"] = options.depth
