@@ -67,9 +67,8 @@ class Progress:
         self.bar.close()
 
 
-def segment(args: argparse.Namespace) -> int:
-    """Upload, wait, download; the summary line and warnings on the way out."""
-    files, field = upload_of(args.ct)
+def segment(args: argparse.Namespace, files: list[Path], field: str) -> int:
+    """Upload `files` in multipart `field`, wait, download; the summary line and warnings on the way out."""
     params = {"confidence": str(bool(args.confidence)).lower(), "tta": str(args.tta).lower()}
     retry = RetryPolicy(attempts=args.attempts)
     progress = Progress(args.quiet)
@@ -130,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.ct.exists():
         parser.error(f"{args.ct} does not exist")
-    if args.ct.is_dir() and not upload_of(args.ct)[0]:
+    files, field = upload_of(args.ct)  # a folder is listed once, here
+    if not files:
         parser.error(f"{args.ct} holds no files")
     for path in (args.output, args.json, args.confidence):
         if path is not None and (why := unwritable(path)):
             parser.error(why)
     try:
-        return segment(args)
+        return segment(args, files, field)
     except ServiceRefused as refused:
         print(f"error: {refused.code}: {refused.detail}", file=sys.stderr)
     except GaveUp as gave_up:
