@@ -175,7 +175,15 @@ class ModelCard(_Frozen):
             raise ValueError(
                 f"arch_kwargs out_channels={out} but channel_def names {n_channels} channels"
             )
+        if list(self.channel_def.values()).count("liver") != 1:
+            raise ValueError(f"channel_def must name exactly one 'liver' channel, got {self.channel_def}")
         return self
+
+    @property
+    def liver_channel(self) -> int:
+        """The output channel the service reads: the one channel_def names "liver" (a multi-class
+        network also names the neighbours it learnt, which the service does not return)."""
+        return next(int(k) for k, v in self.channel_def.items() if v == "liver")
 
     @property
     def tag(self) -> str:

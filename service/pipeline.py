@@ -40,7 +40,6 @@ from service.options import InferenceOptions, check_options
 from service.plausibility import Finding, component_volumes_ml, plausibility_findings
 from service.sliding_window import sliding_window_inference, window_starts
 
-LIVER = 1
 Progress = Callable[[float], None]
 
 
@@ -125,10 +124,13 @@ def predict_probabilities(
     model: LoadedModel, prepared: PreparedVolume, options: InferenceOptions,
     progress: Progress | None = None,
 ) -> tuple[list[np.ndarray], int, int]:
-    """Softmax probabilities of the main output and of every deep-supervision head.
+    """The liver's softmax probability from the main output and from every deep-supervision head.
+
+    Only the liver channel is blended: a network that also learnt the liver's neighbours (the
+    card's channel_def) costs the engine no more memory than a two-class one.
 
     Returns:
-        ([(C, D, H, W) float32 per output, main first], windows_total, windows_skipped), all on
+        ([(1, D, H, W) float32 per output, main first], windows_total, windows_skipped), all on
         the model grid.
     """
     card = model.card
@@ -137,11 +139,12 @@ def predict_probabilities(
         forward_kwargs["depth"] = options.depth
 
     network = model.network
+    liver = slice(card.liver_channel, card.liver_channel + 1)
 
     def predictor(window: torch.Tensor) -> list[torch.Tensor]:
         outputs = network(window, **forward_kwargs)
         outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
-        return [torch.softmax(o.float(), dim=1) for o in outputs]
+        return [torch.softmax(o.float(), dim=1)[:, liver] for o in outputs]
 
     skip_below = None
     if options.skip_air_hu is not None:
@@ -237,7 +240,7 @@ def segment(
     timings["inference"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    liver_outputs = [p[LIVER] for p in probabilities]
+    liver_outputs = [p[0] for p in probabilities]
     # Before the largest component is kept: a second large region is a reason for review.
     components_ml = component_volumes_ml(liver_outputs[0] > 0.5, float(np.prod(prepared.image.GetSpacing())) / 1000.0)
     keep = postprocess(liver_outputs[0])

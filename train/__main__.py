@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from model_zoo.registry import CHECKPOINT_DIR
 from train.augment import AugmentConfig
+from train.classes import CLASS_SCHEMES
 from train.config import TrainConfig
 from train.data import DATA_FORMATS
 from train.losses import parse_ds_weights
@@ -75,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data", metavar="PATH", help="an MSD task folder, a LiTS folder or a JSON datalist")
     p.add_argument("--phantom-spacing", dest="phantom_spacing_mm", type=float, default=None, metavar="MM",
                    help="draw phantoms on an isotropic MM grid (fast) instead of their scanner grid")
-    p.add_argument("--phantom-anatomy", type=int, default=d.phantom_anatomy, choices=(1, 2),
-                   help="1: the classic phantoms (the bundled model's data); 2: heart, chest-to-pelvis views, diseased livers")
+    p.add_argument("--phantom-anatomy", type=int, nargs="+", default=d.phantom_anatomy, choices=(1, 2),
+                   help="1: the classic phantoms (the bundled model's data); 2: heart, chest-to-pelvis views, "
+                        "diseased livers; '1 2': --synthetic N of each")
+    p.add_argument("--classes", default=d.classes, choices=CLASS_SCHEMES,
+                   help="liver: liver or not; organs: the liver and its neighbours (heart, spleen, stomach "
+                        "and bowel, kidneys, vessels, gallbladder, pancreas) from the phantoms' tissue maps")
     p.add_argument("--format", dest="data_format", default=d.data_format, choices=DATA_FORMATS)
     p.add_argument("--val", type=int, default=d.n_val, metavar="N",
                    help="validation cases held out (phantoms: N more); a datalist's own split wins")
@@ -131,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     augment = AugmentConfig.off() if options.pop("no_augment") else AugmentConfig()
     options["synthetic"] = options["synthetic"] or 0
     options["n_val"] = options.pop("val")
+    anatomy = options["phantom_anatomy"]
+    options["phantom_anatomy"] = anatomy if isinstance(anatomy, int) else (anatomy[0] if len(anatomy) == 1 else tuple(anatomy))
     config = TrainConfig(**options, augment=augment,
                          command="python -m train " + shlex.join(argv))
     result = train(config, resume=resume)

@@ -11,9 +11,13 @@ from typing import Any
 from model_zoo.card import InputContract
 from model_zoo.registry import CHECKPOINT_DIR
 from train.augment import AugmentConfig
+from train.classes import class_names
 
 # Validation phantoms are drawn far from the training seeds so the two never overlap.
 VALIDATION_PHANTOM_SEED = 100_000
+# Phantoms of anatomy a start at seed ANATOMY_SEED_STEP * (a - 1) (and validation's at
+# VALIDATION_PHANTOM_SEED + that): a run drawing both anatomies sees different bodies in each.
+ANATOMY_SEED_STEP = 10_000
 
 
 @dataclass
@@ -26,10 +30,13 @@ class TrainConfig:
     # data: synthetic phantoms (count) or a path in a format
     synthetic: int = 0
     phantom_spacing_mm: float | None = None  # None: phantoms on their own scanner grid
-    phantom_anatomy: int = 1  # train.phantoms.make_phantom's anatomy (1: the bundled model's data)
+    # train.phantoms.make_phantom's anatomy (1: the bundled model's data), or several: `synthetic`
+    # phantoms of each (anatomy a from seed ANATOMY_SEED_STEP * (a - 1), so the bodies differ)
+    phantom_anatomy: int | tuple[int, ...] = 1
     data: str | None = None
     data_format: str = "msd"
     n_val: int = 2
+    classes: str = "liver"  # train.classes: "liver" (two classes) or "organs" (the liver's neighbours too)
     # input contract
     spacing_xyz_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
     patch_size_dhw: tuple[int, int, int] = (64, 64, 64)
@@ -64,6 +71,19 @@ class TrainConfig:
     command: str = ""
     final_evaluation: bool = True
     init_from: str | None = None  # start from this checkpoint's weights (a name in out_dir)
+
+    @property
+    def anatomies(self) -> tuple[int, ...]:
+        """The phantom anatomies drawn, in order."""
+        a = self.phantom_anatomy
+        return (a,) if isinstance(a, int) else tuple(a)
+
+    @property
+    def network_kwargs(self) -> dict[str, Any]:
+        """The network's constructor arguments: `arch_kwargs`, with the class scheme's channels."""
+        if self.classes == "liver":
+            return dict(self.arch_kwargs)
+        return {**self.arch_kwargs, "out_channels": len(class_names(self.classes))}
 
     @property
     def name(self) -> str:

@@ -36,7 +36,8 @@ import torch
 
 from model_zoo.atomic_write import write_atomically
 from model_zoo.card import InputContract
-from model_zoo.preprocessing import AIR_HU, hu_to_input_units, label_to_model_grid, prepare
+from model_zoo.preprocessing import AIR_HU, PreparedVolume, hu_to_input_units, label_to_model_grid, prepare
+from train.classes import organ_classes, soft_targets
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,15 @@ class PreparedCase:
 
     foreground: (K, 3) int64 (d, h, w) indices of liver voxels (a random subset of at most
     20,000), for oversampling.
+    organs: (D, H, W) uint8 classes of the liver's neighbours (`train.classes.organ_classes`,
+    nearest neighbour), for a multi-class network; None where the case has no organ map.
     """
 
     name: str
     image: np.ndarray
     label: np.ndarray
     foreground: np.ndarray
+    organs: np.ndarray | None = None
 
 
 def _is_nifti(path: Path) -> bool:
@@ -249,11 +253,24 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     return sitk.Cast(reader.Execute(), sitk.sitkFloat32)
 
 
+def organ_classes_on_grid(organs: sitk.Image, source: CaseSource, prepared: PreparedVolume) -> np.ndarray:
+    """A case's organ label map as uint8 neighbour classes on the model grid (nearest neighbour)."""
+    from train.organ_leaks import PHANTOM_GROUPS, TOTALSEGMENTATOR_GROUPS
+
+    groups = PHANTOM_GROUPS if source.phantom_seed is not None else TOTALSEGMENTATOR_GROUPS
+    classes = sitk.GetImageFromArray(organ_classes(sitk.GetArrayViewFromImage(organs), groups))
+    classes.CopyInformation(organs)
+    resampled = sitk.Resample(classes, prepared.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(resampled)
+
+
 def prepare_case(source: CaseSource, contract: InputContract, rng: np.random.Generator) -> PreparedCase:
-    """Load a case and bring image and label onto the contract's model grid."""
-    image, liver = load_case(source)
+    """Load a case and bring image, label (and organ classes, where it has an organ map) onto the
+    contract's model grid."""
+    image, liver, organs = load_case_with_organs(source)
     prepared = prepare(image, contract)
     label = label_to_model_grid(liver, prepared)  # uint8 0/1, or float32 liver fractions
+    organ_grid = None if organs is None else organ_classes_on_grid(organs, source, prepared)
     foreground = np.argwhere(label > 0.5)
     if len(foreground) > _MAX_FOREGROUND_COORDS:
         foreground = foreground[rng.choice(len(foreground), _MAX_FOREGROUND_COORDS, replace=False)]
@@ -264,6 +281,7 @@ def prepare_case(source: CaseSource, contract: InputContract, rng: np.random.Gen
         image=np.ascontiguousarray(prepared.array, dtype=np.float32),
         label=np.ascontiguousarray(label),
         foreground=foreground.astype(np.int64),
+        organs=organ_grid,
     )
 
 
@@ -297,7 +315,8 @@ def _prepare_indexed(args: tuple[CaseSource, InputContract, int, int, Path | Non
     source, contract, seed, index, cached = args
     if cached is not None and cached.is_file():
         with np.load(cached) as arrays:
-            return PreparedCase(source.name, arrays["image"], arrays["label"], arrays["foreground"])
+            organs = arrays["organs"] if "organs" in arrays else None
+            return PreparedCase(source.name, arrays["image"], arrays["label"], arrays["foreground"], organs)
     case = prepare_case(source, contract, np.random.default_rng([seed, index]))
     if cached is not None:  # atomically: a run killed mid-write leaves no half file behind
         write_atomically(cached, lambda tmp: _save_case(case, tmp))
@@ -306,7 +325,8 @@ def _prepare_indexed(args: tuple[CaseSource, InputContract, int, int, Path | Non
 
 def _save_case(case: PreparedCase, path: str) -> None:
     with open(path, "wb") as stream:  # a file, not a name: np.savez would add ".npz" to the name
-        np.savez(stream, image=case.image, label=case.label, foreground=case.foreground)
+        extra = {} if case.organs is None else {"organs": case.organs}
+        np.savez(stream, image=case.image, label=case.label, foreground=case.foreground, **extra)
 
 
 def prepare_cases(
@@ -345,9 +365,14 @@ class PatchSampler:
         contract: InputContract,
         *,
         oversample_foreground: float = 0.33,
+        n_classes: int = 2,
     ):
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
+        if n_classes > 2 and any(c.organs is None for c in cases):
+            missing = next(c.name for c in cases if c.organs is None)
+            raise ValueError(f"a {n_classes}-class network needs an organ map for every case; {missing} has none")
+        self.n_classes = n_classes
         self.cases = list(cases)
         self.patch = tuple(int(p) for p in patch_size_dhw)
         self.batch_size = batch_size
@@ -389,15 +414,22 @@ class PatchSampler:
         return out
 
     def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch: image (B, 1, D, H, W) float32, label (B, 1, D, H, W) on the CPU: int64 class
-        indices, or float32 liver fractions when the cases carry fractions (antialiasing contract)."""
-        images, labels = [], []
+        """One batch: image (B, 1, D, H, W) float32 and, on the CPU, label (B, 1, D, H, W): int64
+        class indices, or float32 liver fractions when the cases carry fractions (antialiasing
+        contract); for a multi-class network, (B, C, D, H, W) float32 per-class targets
+        (`train.classes.soft_targets`)."""
+        images, labels, organs = [], [], []
         for index in range(self.batch_size):
             case = self.cases[int(torch.randint(len(self.cases), (1,), generator=generator))]
             starts = self._start(case, self._forced_foreground(index), generator)
             images.append(self._crop(case.image, starts, self.pad_value))
             labels.append(self._crop(case.label, starts, 0))
+            if self.n_classes > 2:
+                organs.append(self._crop(case.organs, starts, 0))
         image = torch.from_numpy(np.stack(images))[:, None]
         stacked = np.stack(labels)
+        if self.n_classes > 2:
+            liver = torch.from_numpy(stacked.astype(np.float32))
+            return image, soft_targets(liver, torch.from_numpy(np.stack(organs)), self.n_classes)
         label = torch.from_numpy(stacked if stacked.dtype.kind == "f" else stacked.astype(np.int64))[:, None]
         return image, label

@@ -20,6 +20,7 @@ from torch import nn
 from model_zoo.card import InferenceDefaults, ModelCard, Training, current_framework_versions
 from model_zoo.registry import LoadedModel, save_checkpoint
 from service.confidence import HOW_COMPUTED
+from train.classes import channel_def
 from train.config import TrainConfig
 from train.data import CaseSource, load_case
 from train.evaluate import evaluate_case
@@ -60,8 +61,9 @@ def build_card(config: TrainConfig, training: Training, metrics: dict[str, float
     return ModelCard(
         name=config.name,
         arch=config.arch,
-        arch_kwargs=config.arch_kwargs,
+        arch_kwargs=config.network_kwargs,
         input=config.contract(),
+        channel_def=channel_def(config.classes),
         # nnU-Net allows test-time mirroring over the axes flipped in training, and only those.
         inference=InferenceDefaults(mirror_axes=flips, skip_air_hu=SKIP_AIR_HU),
         training=training,

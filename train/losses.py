@@ -7,7 +7,8 @@ that a perfect prediction scores 0):
 
 where Dice_c = (2 sum(p_c g_c) + s) / (sum p_c + sum g_c + s), the sums run over the whole batch
 and every voxel (batch Dice), s = 1e-5, and c runs over the foreground classes (background left
-out, as nnU-Net's `do_bg=False`). The target is integer labels, or, for a two-class network, a
+out, as nnU-Net's `do_bg=False`). The target is integer labels, per-class targets (N, C, D, H, W) (a
+multi-class network, `train.classes.soft_targets`), or, for a two-class network, a
 float liver fraction per voxel (g_1 = y, g_0 = 1 - y: soft Dice and cross-entropy with
 probability targets), which an antialiasing contract trains with; CE then bottoms out at the
 targets' entropy instead of 0.
@@ -114,10 +115,12 @@ def aux_weight_factor(epoch: int, epochs: int, decay: str | float = "none") -> f
 
 
 def downsample_label(label: Tensor, size: Sequence[int]) -> Tensor:
-    """Labels (N, D, H, W) brought to spatial `size` (same dtype): integers by nearest neighbour,
-    fractions by averaging (the fraction of each coarse voxel)."""
+    """Labels (N, D, H, W), or per-class targets (N, C, D, H, W), brought to spatial `size` (same
+    dtype): integers by nearest neighbour, fractions by averaging (the fraction of each coarse voxel)."""
     if tuple(label.shape[-3:]) == tuple(size):
         return label
+    if label.ndim == 5:
+        return F.interpolate(label, size=tuple(size), mode="area")
     if label.is_floating_point():
         return F.interpolate(label[:, None], size=tuple(size), mode="area")[:, 0]
     # interpolate wants floats with a channel axis; labels are small integers, exact in float32.
@@ -126,7 +129,15 @@ def downsample_label(label: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def target_probabilities(target: Tensor, n_classes: int) -> Tensor:
-    """(N, C, D, H, W) per-class target: one-hot of integer labels, or (1 - y, y) of fractions y."""
+    """(N, C, D, H, W) per-class target: one-hot of integer labels, (1 - y, y) of fractions y, or
+    per-class targets (N, C, D, H, W) as given, their background made the rest of each voxel (a
+    spatial augmentation pads them with zeros in every channel)."""
+    if target.ndim == 5:
+        if target.shape[1] != n_classes:
+            raise ValueError(f"{target.shape[1]}-class targets for a {n_classes}-class network")
+        target = target.clone()
+        target[:, 0] = (1.0 - target[:, 1:].sum(1)).clamp(0.0, 1.0)
+        return target
     if target.is_floating_point():
         if n_classes != 2:
             raise ValueError(f"fractional targets need a two-class network, this one has {n_classes}")
@@ -167,7 +178,7 @@ class DiceCELoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         logits = logits.float()  # AMP: the loss in float32, as nnU-Net and MONAI do
-        if target.ndim == logits.ndim:
+        if target.ndim == logits.ndim and target.shape[1] == 1:
             target = target[:, 0]
         if target.is_floating_point():
             ce = F.cross_entropy(logits, target_probabilities(target, logits.shape[1]).to(logits.dtype))
@@ -206,7 +217,7 @@ class DeepSupervisionLoss(nn.Module):
     ) -> Tensor:
         """Loss of `outputs` (logits, or [main, heads...]) against labels (N, D, H, W) or (N, 1, D, H, W)."""
         outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-        if target.ndim == outputs[0].ndim:
+        if target.ndim == outputs[0].ndim and target.shape[1] == 1:
             target = target[:, 0]
         weights = self.resolved_weights(len(outputs))
         total = outputs[0].new_zeros((), dtype=torch.float32)

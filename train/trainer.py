@@ -30,7 +30,8 @@ from model_zoo.registry import load_model
 from service.options import resolve_options
 from service.sliding_window import sliding_window_inference
 from train.augment import Augmenter
-from train.config import VALIDATION_PHANTOM_SEED, TrainConfig
+from train.classes import add_classes, class_names
+from train.config import ANATOMY_SEED_STEP, VALIDATION_PHANTOM_SEED, TrainConfig
 from train.data import (
     CaseSource,
     PatchSampler,
@@ -48,6 +49,8 @@ from train.state import load_state, save_state
 from train.widen import WIDENABLE_ARCHS, widen_unet3d_ds
 
 log = logging.getLogger(__name__)
+# Where each architecture's 1x1x1 output heads live in its state_dict (for `add_classes`).
+HEAD_PREFIXES = {"unet3d_ds": "heads."}
 
 
 @dataclass
@@ -63,14 +66,24 @@ class TrainResult:
 def select_cases(config: TrainConfig) -> tuple[list[CaseSource], list[CaseSource], str]:
     """(training sources, validation sources, a sentence describing the data for the card)."""
     if config.synthetic > 0:
-        spacing, anatomy = config.phantom_spacing_mm, config.phantom_anatomy
-        train_sources = phantom_sources(config.synthetic, 0, spacing, anatomy)
-        val_sources = phantom_sources(config.n_val, VALIDATION_PHANTOM_SEED, spacing, anatomy)
+        spacing = config.phantom_spacing_mm
+        train_sources, val_sources, parts = [], [], []
+        for anatomy in config.anatomies:
+            first = ANATOMY_SEED_STEP * (anatomy - 1)
+            train_sources += phantom_sources(config.synthetic, first, spacing, anatomy)
+            val_sources += phantom_sources(config.n_val, VALIDATION_PHANTOM_SEED + first, spacing, anatomy)
+            drawn = "" if anatomy == 1 and len(config.anatomies) == 1 else f", anatomy {anatomy}"
+            parts.append(f"{config.synthetic} synthetic phantoms (train.phantoms.make_phantom{drawn}, seeds "
+                         f"{first}-{first + config.synthetic - 1}")
         grid = "their own scanner grids" if spacing is None else f"a {spacing:g} mm grid"
-        drawn = "" if anatomy == 1 else f", anatomy {anatomy}"
-        text = (f"{config.synthetic} synthetic phantoms (train.phantoms.make_phantom{drawn}, seeds 0-"
-                f"{config.synthetic - 1}, drawn on {grid}); validated on {config.n_val} more (seeds "
-                f"{VALIDATION_PHANTOM_SEED}-{VALIDATION_PHANTOM_SEED + config.n_val - 1})")
+        val_seeds = ", ".join(f"{VALIDATION_PHANTOM_SEED + ANATOMY_SEED_STEP * (a - 1)}-"
+                              f"{VALIDATION_PHANTOM_SEED + ANATOMY_SEED_STEP * (a - 1) + config.n_val - 1}"
+                              for a in config.anatomies)
+        each = " of each" if len(config.anatomies) > 1 else ""
+        text = (f"{' and '.join(parts)}, drawn on {grid}); validated on {config.n_val} more{each} "
+                f"(seeds {val_seeds})")
+        if config.classes != "liver":
+            text += f"; classes {', '.join(class_names(config.classes)[1:])} from the tissue maps"
         return train_sources, val_sources, text
     if not config.data:
         raise ValueError("no training data: give --synthetic N or --data PATH")
@@ -105,7 +118,7 @@ class Trainer:
         self.run_dir = Path(config.work_dir) / config.name
         self.contract = config.contract()
         torch.manual_seed(config.seed)  # the initial weights
-        self.network = create_network(config.arch, **config.arch_kwargs).to(self.device)
+        self.network = create_network(config.arch, **config.network_kwargs).to(self.device)
         if config.init_from:
             self._initialise_from(config.init_from)
         self.optimizer = _optimizer(config, self.network)
@@ -123,16 +136,20 @@ class Trainer:
 
     def _initialise_from(self, name: str) -> None:
         """Fine-tuning: start from a checkpoint's weights; same architecture, and the same widths or
-        (unet3d_ds) whole multiples of them, widened so the network starts as the checkpoint."""
+        (unet3d_ds) whole multiples of them, widened so the network starts as the checkpoint. A
+        two-class checkpoint may start a multi-class run: its heads grow (`train.classes.add_classes`)."""
         source = load_model(name, self.config.out_dir)
         card, config = source.card, self.config
         features = config.arch_kwargs.get("features")
         mismatch = (f"--init-from {name}: it is a {card.arch} {card.arch_kwargs}, this run trains a "
                     f"{config.arch} {config.arch_kwargs}")
-        if (card.arch, card.arch_kwargs) == (config.arch, config.arch_kwargs):
+        base = {k: v for k, v in card.arch_kwargs.items() if k != "out_channels"}
+        wanted = {k: v for k, v in config.arch_kwargs.items() if k != "out_channels"}
+        n_classes, source_classes = len(class_names(config.classes)), len(card.channel_def)
+        if (card.arch, base) == (config.arch, wanted):
             state, how = source.network.state_dict(), ""
-        elif (card.arch == config.arch and card.arch in WIDENABLE_ARCHS and "features" in card.arch_kwargs
-              and {**card.arch_kwargs, "features": features} == config.arch_kwargs):
+        elif (card.arch == config.arch and card.arch in WIDENABLE_ARCHS and "features" in base
+              and {**base, "features": features} == wanted and n_classes == source_classes):
             try:
                 state = widen_unet3d_ds(source.network, self.network, card.arch_kwargs["features"],
                                         features, seed=config.seed)
@@ -140,7 +157,13 @@ class Trainer:
                 raise ValueError(f"{mismatch} ({error})") from error
             how = f", widened {card.arch_kwargs['features']} -> {features}"
         else:
-            raise ValueError(f"{mismatch} (only a unet3d_ds's features may differ)")
+            raise ValueError(f"{mismatch} (only a unet3d_ds's features, or the classes alone, may differ)")
+        if n_classes != source_classes:
+            if source_classes != 2 or card.arch not in HEAD_PREFIXES:
+                raise ValueError(f"--init-from {name}: its {source_classes} classes cannot grow to {n_classes} "
+                                 f"(a two-class {', '.join(HEAD_PREFIXES)} can)")
+            state = add_classes(state, HEAD_PREFIXES[card.arch], n_classes)
+            how += f", heads grown from 2 to {n_classes} classes"
         self.network.load_state_dict(state, strict=True)
         log.info("initialised %s from the weights of %s%s", config.name, name, how)
 
@@ -210,7 +233,7 @@ class Trainer:
                 skip_below=None if options.skip_air_hu is None else hu_to_input_units(options.skip_air_hu, self.contract),
                 autocast=self.amp,
             )
-            prediction = result.main[0].argmax(0).cpu().numpy() == 1
+            prediction = result.main[0, 1].cpu().numpy() > 0.5  # the liver, as the service reads it
             scores.append(dice(prediction, case.label > 0.5))  # a 0/1 mask or liver fractions
         self.network.train()
         return float(np.mean(scores)) if scores else float("nan")
@@ -238,7 +261,8 @@ class Trainer:
         if not self.train_cases:
             self.load_data()
         sampler = PatchSampler(self.train_cases, self.config.patch_size_dhw, self.config.batch_size,
-                               self.contract, oversample_foreground=self.config.oversample_foreground)
+                               self.contract, oversample_foreground=self.config.oversample_foreground,
+                               n_classes=len(class_names(self.config.classes)))
         config = self.config
         log.info("training %s on %s: %d epochs x %d iterations, batch %d, patch %s",
                  config.name, self.device, config.epochs, config.iters_per_epoch, config.batch_size,
