@@ -36,7 +36,13 @@ import torch
 
 from model_zoo.atomic_write import write_atomically
 from model_zoo.card import InputContract
-from model_zoo.preprocessing import AIR_HU, PreparedVolume, hu_to_input_units, label_to_model_grid, prepare
+from model_zoo.preprocessing import (
+    AIR_HU,
+    PreparedVolume,
+    hu_to_input_units,
+    label_to_model_grid,
+    prepare,
+)
 from train.classes import organ_classes, soft_targets
 
 log = logging.getLogger(__name__)
