@@ -61,6 +61,10 @@ class Segmentation:
     timings_s: dict[str, float] = field(default_factory=dict)
     options: InferenceOptions = field(default_factory=InferenceOptions)
     findings: list[Finding] = field(default_factory=list)  # anatomical plausibility (service.plausibility)
+    # The liver probability before the mask's threshold, largest component and hole filling, on
+    # the box of the input grid that can see the kept liver (zero outside it): (start_xyz, (D, H, W)
+    # float32). Only the box: a whole-grid float map of a 512x512x800 scan would take 800 MB.
+    liver_probability: tuple[list[int], np.ndarray] | None = None
 
 
 def check_model_grid(image: sitk.Image, card: ModelCard, max_voxels: int) -> None:
@@ -256,8 +260,10 @@ def segment(
         confidence_model, keep, low=options.low_confidence, review_fraction=options.review_fraction
     )
     kept = restore_kept(np.stack([liver_outputs[0], confidence_model]), keep, prepared, image, [0.0, 1.0])
+    liver_probability = None
     if kept is not None:
         (start, size), restored = kept
+        liver_probability = (start, restored[0].copy())  # a copy: the view would keep the confidence too
         region_mask = _largest_component_filled(restored[0] > 0.5)
         z, y, x = (slice(start[i], start[i] + size[i]) for i in (2, 1, 0))
         full_mask[z, y, x] = region_mask
@@ -287,6 +293,7 @@ def segment(
         timings_s=timings,
         options=options,
         findings=findings,
+        liver_probability=liver_probability,
         **stats,
     )
 
