@@ -57,10 +57,15 @@ class SegmentUpload:
         return self.volume
 
     def seg_impossible(self, whose: str = "this input") -> str | None:
-        """Why no DICOM SEG can reference this input at all, or None (a DICOM series)."""
-        if self.volume.source == "dicom":
-            return None
-        return f"DICOM SEG output needs a DICOM input to reference; {whose} was {self.volume.source}."
+        """Why no DICOM SEG can reference this input at all, or None (a DICOM series with positions)."""
+        if self.volume.source != "dicom":
+            return f"DICOM SEG output needs a DICOM input to reference; {whose} was {self.volume.source}."
+        if not self.volume.positions_known:
+            return (
+                f"DICOM SEG output places the mask by each slice's Image Position (Patient), which the "
+                f"images of {whose} lack (the volume was placed at origin 0 by assumption)."
+            )
+        return None
 
     def task(self, progress: Callable[[float], None] | None = None) -> SegmentTask:
         """What the inference worker runs for this upload."""

@@ -29,12 +29,16 @@ class Volume:
             (datasets[k] describes array[k]); None for NIfTI, MetaImage and NRRD input.
         source: the format the volume was decoded from.
         warnings: sentences for the client about what decoding noticed or changed.
+        positions_known: False for a DICOM series whose images carry no position, placed at
+            origin 0 by assumption: nothing that places the mask by slice position (DICOM SEG)
+            can be made for it.
     """
 
     image: sitk.Image
     datasets: list[pydicom.Dataset] | None = None
     source: Source = "nifti"
     warnings: list[str] = field(default_factory=list)
+    positions_known: bool = True
 
     @property
     def size_xyz(self) -> tuple[int, int, int]:

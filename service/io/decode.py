@@ -148,7 +148,10 @@ def _decode_entries(
     if skipped:
         warnings.insert(0, f"{skipped} file(s) that are not DICOM were ignored.")
     image, more = finalise(series.image, "The DICOM series")
-    return Volume(image=image, datasets=series.datasets, source="dicom", warnings=warnings + more)
+    return Volume(
+        image=image, datasets=series.datasets, source="dicom", warnings=warnings + more,
+        positions_known=series.positions_known,
+    )
 
 
 def _not_readable(name: str, path: Path, kind: Kind) -> str:

@@ -3,7 +3,8 @@
 Headers are read first with pydicom (no pixel data), grouped into series by SeriesInstanceUID
 and by geometry (an anonymised export may have every UID empty: it is still one series if its
 geometry agrees), checked (one series, Modality CT, single-frame, one sample per pixel, no
-gantry tilt, no missing slice, a uniform slice step, within the voxel and slice limits), and
+gantry tilt, no missing slice, a uniform slice step: `service.io.dicom_geometry`, which also
+places a series that has no positions at all; within the voxel and slice limits), and
 only then are the pixels checked against their headers and decoded (`service.io.dicom_pixels`:
 SimpleITK's GDCM, on the files in slice order, rescale slope and intercept applied, so the
 image is in HU).
@@ -22,11 +23,11 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pydicom
 import SimpleITK as sitk
 
 from service.errors import InvalidVolume, TooLarge, UnsupportedFormat
+from service.io.dicom_geometry import place_slices, unplaced_geometry
 from service.io.dicom_pixels import check_native_pixels, find_pixel_data, read_pixels
 from service.io.dicom_slice import DicomFile, Slice, parse_slice
 from service.settings import Settings
@@ -47,12 +48,6 @@ NON_IMAGE_SOP_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.481.5",  # RT plan
 )
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "KO", "PR", "REG", "FID", "DOC", "PLAN"}
-# An in-plane drift of slice positions beyond this fraction of a pixel is gantry tilt (or a
-# sheared stack): SimpleITK would build a grid that misplaces the far slices. Real tilts are
-# degrees; DS rounding noise is ~1e-5 mm, far below.
-TILT_TOLERANCE_PIXELS = 0.1
-# A slice step may differ from the median step by this fraction (DS rounding, table jitter).
-STEP_TOLERANCE = 0.01
 MAX_LISTED_SERIES = 10
 USED_KEYWORDS = (
     "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "SeriesDescription", "Modality", "ImageType",
@@ -64,11 +59,13 @@ USED_KEYWORDS = (
 
 @dataclass(slots=True)
 class DecodedSeries:
-    """The series' image in HU (as SimpleITK read it), its headers in slice order, and warnings."""
+    """The series' image in HU (as SimpleITK read it), its headers in slice order, warnings, and
+    whether the slices' positions are their headers' own (False: placed by assumption)."""
 
     image: sitk.Image
     datasets: list[pydicom.Dataset]
     warnings: list[str]
+    positions_known: bool = True
 
 
 def decode_series(files: Sequence[DicomFile], settings: Settings) -> DecodedSeries:
@@ -76,8 +73,9 @@ def decode_series(files: Sequence[DicomFile], settings: Settings) -> DecodedSeri
 
     Returns:
         the image (x = columns, y = rows, z = slices in increasing position along the normal
-        of Image Orientation (Patient), which is the order SimpleITK's own series reader uses),
-        in HU, with the headers sorted like the slices.
+        of Image Orientation (Patient), which is the order SimpleITK's own series reader uses;
+        by InstanceNumber where no image has a position), in HU, with the headers sorted like
+        the slices.
 
     Raises:
         InvalidVolume: several series, not CT, one slice, gantry tilt, missing slices,
@@ -92,10 +90,12 @@ def decode_series(files: Sequence[DicomFile], settings: Settings) -> DecodedSeri
     _check_series(group, settings)
     for s in group:
         check_native_pixels(s)
-    ordered, step_mm = _sort_and_check_geometry(group, warnings)
-    image = read_pixels(ordered)
-    _check_reader_geometry(image, ordered, step_mm)
-    return DecodedSeries(image, [s.ds for s in ordered], warnings)
+    placement = place_slices(group, warnings)
+    image = read_pixels(placement.ordered)
+    if not placement.positions_known:
+        unplaced_geometry(image, placement)
+    _check_reader_geometry(image, placement.ordered, placement.step_mm)
+    return DecodedSeries(image, [s.ds for s in placement.ordered], warnings, placement.positions_known)
 
 
 def _read_headers(files: Sequence[DicomFile], warnings: list[str]) -> list[Slice]:
@@ -193,8 +193,9 @@ def _geometry_key(s: Slice) -> tuple:
 def _one_series(slices: list[Slice], warnings: list[str]) -> list[Slice]:
     """The images of the one series in the upload, or InvalidVolume listing the series found.
 
-    Lone images of other series (a dose report screen, a scout not marked LOCALIZER) are left
-    out with a warning when exactly one series has several images: they cannot be a volume.
+    Lone images of other series or geometry (a dose report screen, a scout not marked LOCALIZER)
+    are left out, each named in a warning, when exactly one series has several images: they
+    cannot be a volume.
     """
     groups: dict[tuple, list[Slice]] = defaultdict(list)
     for s in slices:
@@ -203,10 +204,12 @@ def _one_series(slices: list[Slice], warnings: list[str]) -> list[Slice]:
     if len(groups) == 1:
         return next(iter(groups.values()))
     if len(volumes) == 1:
-        warnings.append(
-            f"{len(groups) - 1} single image(s) of other series (dose reports, screenshots, scouts) were ignored."
-        )
-        return volumes[0]
+        series = volumes[0]
+        lone = [members[0] for members in groups.values() if members is not series]
+        warnings.extend(_left_out(s, series[0]) for s in lone[:MAX_LISTED_SERIES])
+        if len(lone) > MAX_LISTED_SERIES:
+            warnings.append(f"{len(lone) - MAX_LISTED_SERIES} more lone image(s) were left out likewise.")
+        return series
     uids = {uid for uid, _ in groups}
     described = []
     ranked = sorted(groups.items(), key=lambda item: -len(item[1]))
@@ -229,6 +232,27 @@ def _one_series(slices: list[Slice], warnings: list[str]) -> list[Slice]:
     )
 
 
+def _left_out(lone: Slice, series: Slice) -> str:
+    """The warning for a lone image left out beside the series: where it lies and why it is not a
+    slice of the series (another series, or this series' UID with another geometry)."""
+    at = f" at ({', '.join(f'{v:.1f}' for v in lone.position)}) mm" if lone.position else ""
+    uid = str(lone.ds.get("SeriesInstanceUID", "") or "")
+    if uid != str(series.ds.get("SeriesInstanceUID", "") or ""):
+        desc = str(lone.ds.get("SeriesDescription", "") or "no description")
+        return (
+            f"1 image{at} of another series ('{desc}', Modality {lone.ds.get('Modality', '') or 'missing'}, "
+            f"SeriesInstanceUID {uid or 'empty'}) was left out: a single image is not a volume."
+        )
+    differs = [
+        f"{name} {theirs} where the series has {ours}"
+        for name, theirs, ours in zip(
+            ("orientation", "rows", "columns", "pixel spacing"), _geometry_key(lone), _geometry_key(series), strict=True
+        )
+        if theirs != ours
+    ]
+    return f"1 image{at} of the series was left out: it is not one of its slices ({'; '.join(differs)})."
+
+
 def _check_series(group: list[Slice], settings: Settings) -> None:
     ds = group[0].ds
     modality = str(ds.get("Modality", "") or "")
@@ -244,13 +268,14 @@ def _check_series(group: list[Slice], settings: Settings) -> None:
             f"The series has {samples} samples per pixel (a colour image); a CT series has one "
             "value (HU) per pixel."
         )
-    missing = [
-        keyword
-        for keyword, attribute in (
-            ("ImagePositionPatient", "position"), ("ImageOrientationPatient", "orientation"), ("PixelSpacing", "pixel_spacing")
-        )
-        if any(getattr(s, attribute) is None for s in group)
-    ]
+    # A series with no position at all is stacked by assumption (`dicom_geometry`), and axial
+    # if no image has an orientation either; a tag on some images only is a damaged or mixed series.
+    required = {"PixelSpacing": "pixel_spacing"}
+    if not all(s.position is None for s in group):
+        required |= {"ImagePositionPatient": "position", "ImageOrientationPatient": "orientation"}
+    elif not all(s.orientation is None for s in group):
+        required |= {"ImageOrientationPatient": "orientation"}
+    missing = [keyword for keyword, attribute in required.items() if any(getattr(s, attribute) is None for s in group)]
     if missing:
         raise InvalidVolume(
             f"The series' images lack {', '.join(missing)}: without them the slices cannot be "
@@ -272,90 +297,6 @@ def _check_series(group: list[Slice], settings: Settings) -> None:
             f"The series has {group[0].columns} x {group[0].rows} x {count} = {voxels:,} voxels; this "
             f"service accepts at most {settings.max_voxels:,} (LIVERSEG_MAX_VOXELS)."
         )
-
-
-def _sort_and_check_geometry(group: list[Slice], warnings: list[str]) -> tuple[list[Slice], float]:
-    """Sort along the slice normal; refuse tilt, duplicates, gaps and uneven steps. Returns the step."""
-    iop = np.array(group[0].orientation, dtype=np.float64)
-    row, col = iop[:3], iop[3:]
-    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
-        raise InvalidVolume(
-            f"The series' Image Orientation (Patient) {iop.tolist()} is not two perpendicular unit "
-            "vectors; the file headers are damaged."
-        )
-    normal = np.cross(row, col)
-    normal /= np.linalg.norm(normal)
-    positions = np.array([s.position for s in group], dtype=np.float64)
-    along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    ordered = [group[i] for i in order]
-    positions, along = positions[order], along[order]
-
-    ordered, positions, along = _drop_duplicates(ordered, positions, along, warnings)
-    if len(ordered) < 2:
-        raise InvalidVolume("The series holds a single distinct slice; a 3D CT volume needs several.")
-
-    pixel = min(ordered[0].pixel_spacing)
-    drift = positions - positions[0] - np.outer(along - along[0], normal)
-    worst = float(np.linalg.norm(drift, axis=1).max())
-    if worst > TILT_TOLERANCE_PIXELS * pixel:
-        extent = float(along[-1] - along[0])
-        angle = float(np.degrees(np.arctan2(float(np.linalg.norm(drift[-1])), extent)))
-        tilt_tag = str(ordered[0].ds.get("GantryDetectorTilt", "") or "")
-        raise InvalidVolume(
-            f"The series is tilted: slice positions drift {worst:.2f} mm sideways over "
-            f"{extent:.1f} mm (about {angle:.1f} degrees) instead of lying along the normal of "
-            "Image Orientation (Patient)"
-            + (f"; its Gantry/Detector Tilt tag says {tilt_tag} degrees" if tilt_tag else "")
-            + ". This service does not correct gantry tilt: send a series reconstructed without "
-            "tilt (or resampled to an orthogonal grid)."
-        )
-
-    steps = np.diff(along)
-    step = float(np.median(steps))
-    uneven = np.abs(steps - step) > STEP_TOLERANCE * step
-    if uneven.any():
-        ratios = steps / step
-        gaps = uneven & (np.abs(ratios - np.round(ratios)) < STEP_TOLERANCE * np.round(ratios)) & (ratios > 1.5)
-        if gaps[uneven].all():  # every odd step is a whole number of steps: slices are missing
-            missing = int(np.round(ratios[gaps]).sum() - gaps.sum())
-            first = int(np.flatnonzero(gaps)[0])
-            raise InvalidVolume(
-                f"The series is missing {missing} slice(s): the slice step is {step:.3g} mm but there "
-                f"is a gap of {steps[first]:.3g} mm after the slice at {along[first]:.2f} mm along the "
-                f"normal ({gaps.sum()} gap(s) in all). Send the complete series."
-            )
-        raise InvalidVolume(
-            f"The series' slice spacing is not uniform: steps run from {steps.min():.3g} to "
-            f"{steps.max():.3g} mm (median {step:.3g} mm). This service needs a constant slice step; "
-            "send a series reconstructed at constant spacing."
-        )
-    return ordered, step
-
-
-def _drop_duplicates(
-    ordered: list[Slice], positions: np.ndarray, along: np.ndarray, warnings: list[str]
-) -> tuple[list[Slice], np.ndarray, np.ndarray]:
-    """The same file sent twice is dropped; two different images at one position are refused."""
-    keep = [0]
-    for i in range(1, len(ordered)):
-        if along[i] - along[keep[-1]] > 1e-3:
-            keep.append(i)
-            continue
-        a, b = ordered[keep[-1]].ds, ordered[i].ds
-        same = (
-            str(a.get("SOPInstanceUID", "")) == str(b.get("SOPInstanceUID", ""))
-            and str(a.get("InstanceNumber", "")) == str(b.get("InstanceNumber", ""))
-        )
-        if not same:
-            raise InvalidVolume(
-                f"Two different images of the series lie at the same position ({along[i]:.2f} mm along "
-                "the slice normal): the upload holds more than one volume (several phases, echoes or "
-                "reconstructions). Send one."
-            )
-    if len(keep) < len(ordered):
-        warnings.append(f"{len(ordered) - len(keep)} duplicate file(s) of the same slice were ignored.")
-    return [ordered[i] for i in keep], positions[keep], along[keep]
 
 
 def _check_reader_geometry(image: sitk.Image, ordered: list[Slice], step_mm: float) -> None:

@@ -100,3 +100,15 @@ def _integer(ds: pydicom.Dataset, keyword: str, default: int) -> int:
     if not numbers[0].is_integer() or numbers[0] < 1:
         raise ValueError(f"{keyword} should hold a whole number of at least 1, not {numbers[0]:g}")
     return int(numbers[0])
+
+
+def optional_number(s: Slice, keyword: str) -> float | None:
+    """One number of the image's header that not every series needs (InstanceNumber,
+    SliceThickness...), None where absent; a malformed value is a damaged header, said so."""
+    try:
+        numbers = _numbers(s.ds, keyword, 1)
+    except Exception as problem:  # pydicom raises many types on malformed values
+        raise InvalidVolume(
+            f"'{s.file.name}' has a damaged DICOM header ({str(problem)[:120]}); export the series again."
+        ) from None
+    return None if numbers is None else numbers[0]

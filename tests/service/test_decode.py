@@ -531,13 +531,35 @@ def _damaged_position(tmp_path):
     return [*paths, dicom_slice(tmp_path / "bad.dcm", (1.0, 2.0), instance=7)]
 
 
-def _no_position(tmp_path):
-    paths = dicom_series(tmp_path / "a", count=3)
-    for path in paths:
+def _without(paths: list[Path], *keywords: str, only: slice = slice(None)) -> list[Path]:
+    """`paths` with the header tags `keywords` deleted from the files `only` selects."""
+    for path in paths[only]:
         ds = pydicom.dcmread(path)
-        del ds.ImagePositionPatient
+        for keyword in keywords:
+            delattr(ds, keyword)
         ds.save_as(path)
     return paths
+
+
+def _some_positions_missing(tmp_path):
+    return _without(dicom_series(tmp_path / "a", count=3), "ImagePositionPatient", only=slice(1, 2))
+
+
+def _no_position_nor_step(tmp_path):
+    return _without(dicom_series(tmp_path / "a", count=3), "ImagePositionPatient")
+
+
+def _no_position_two_images_one_number(tmp_path):
+    paths = _without(dicom_series(tmp_path / "a", count=3), "ImagePositionPatient")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SliceThickness, ds.InstanceNumber = 2.5, 1
+        ds.save_as(path)
+    return paths
+
+
+def _moved_off_the_step(tmp_path):
+    return dicom_series(tmp_path / "a", count=6, steps=[2.5, 2.5, 3.7, 1.3, 2.5])  # slice 4 moved: a gap behind it
 
 
 def _multiframe(tmp_path):
@@ -565,7 +587,10 @@ BAD_SERIES = [
     ("two images at one position", _duplicates, {}, InvalidVolume, ["same position"]),
     ("one DICOM file", lambda t: [dicom_slice(t / "one.dcm", (0, 0, 0))], {}, InvalidVolume, ["single slice"]),
     ("damaged position", _damaged_position, {}, InvalidVolume, ["'bad.dcm' has a damaged DICOM header", "ImagePositionPatient should hold 3"]),
-    ("no position", _no_position, {}, InvalidVolume, ["lack ImagePositionPatient", "cannot be placed in space"]),
+    ("some positions missing", _some_positions_missing, {}, InvalidVolume, ["lack ImagePositionPatient", "cannot be placed in space"]),
+    ("no position nor step", _no_position_nor_step, {}, InvalidVolume, ["nor SpacingBetweenSlices or SliceThickness"]),
+    ("no position, one number twice", _no_position_two_images_one_number, {}, InvalidVolume, ["have InstanceNumber 1"]),
+    ("a slice moved off the step", _moved_off_the_step, {}, InvalidVolume, ["not uniform", "from 1.3 to 3.7 mm"]),
     ("multi-frame", _multiframe, {}, UnsupportedFormat, ["multi-frame", "Enhanced CT"]),
     ("too many slices", lambda t: dicom_series(t / "a", count=6), {"max_slices": 5}, TooLarge, ["6 slices", "LIVERSEG_MAX_SLICES"]),
     ("too many voxels", lambda t: dicom_series(t / "a", count=6), {"max_voxels": 200}, TooLarge, ["288 voxels", "LIVERSEG_MAX_VOXELS"]),
@@ -585,12 +610,39 @@ def test_bad_series_gets_its_error_and_a_sentence(tmp_path, maker, overrides, er
     assert type(caught.value) is error
 
 
-def test_lone_image_of_another_series_is_dropped(tmp_path):
+def test_lone_image_of_another_series_is_dropped_and_named(tmp_path):
     paths = dicom_series(tmp_path / "a", count=4)
     dose = dicom_slice(tmp_path / "dose.dcm", (0, 0, 0), rows=12, columns=12, series_uid="1.2.3.99", description="Dose Report")
     volume = decode_upload(uploads([*paths, dose]), settings())
     assert volume.image.GetSize() == (6, 8, 4)
-    assert any("1 single image(s) of other series" in w for w in volume.warnings)
+    assert volume.warnings == [
+        "1 image at (0.0, 0.0, 0.0) mm of another series ('Dose Report', Modality CT, SeriesInstanceUID 1.2.3.99) "
+        "was left out: a single image is not a volume."
+    ]
+
+
+def test_lone_image_of_the_series_in_another_geometry_is_dropped_with_what_differs(tmp_path):
+    paths = dicom_series(tmp_path / "a", count=4)
+    screen = dicom_slice(tmp_path / "screen.dcm", (5.0, -30.0, -92.5), rows=12, instance=5)
+    volume = decode_upload(uploads([*paths, screen]), settings())
+    assert volume.image.GetSize() == (6, 8, 4)
+    assert volume.warnings == [
+        "1 image at (5.0, -30.0, -92.5) mm of the series was left out: it is not one of its slices "
+        "(rows 12 where the series has 8)."
+    ]
+
+
+def test_an_image_off_the_regular_step_is_left_out_and_said_where(tmp_path):
+    paths = dicom_series(tmp_path / "a", count=6)  # -100 to -87.5 mm, 2.5 mm apart
+    stray = dicom_slice(tmp_path / "stray.dcm", (5.0, -30.0, -96.3), instance=99)
+    volume = decode_upload(uploads([stray, *paths]), settings())
+    assert volume.image.GetSize() == (6, 8, 6)
+    np.testing.assert_allclose(volume.image.GetSpacing(), (0.5, 0.7, 2.5))
+    assert [int(ds.InstanceNumber) for ds in volume.datasets] == [1, 2, 3, 4, 5, 6]
+    assert volume.warnings == [
+        "1 image of the series (instance 99) at -96.30 mm along the slice normal lies off the series' "
+        "regular 2.5 mm step and was left out."
+    ]
 
 
 def test_duplicate_file_of_one_slice_is_dropped(tmp_path):
