@@ -18,12 +18,13 @@ from collections.abc import Callable
 
 from service.errors import UnsupportedOutput
 from service.io.decode import Upload, decode_upload
-from service.io.encode import image_to_nifti_bytes, mask_to_nifti_bytes, preview_png
+from service.io.encode import image_to_nifti_bytes, mask_to_nifti_bytes
+from service.io.preview import Caption, preview_png
 from service.io.seg import make_seg
 from service.options import InferenceOptions, SegmentParams, resolve_options
 from service.schemas import Summary
 from service.settings import Settings
-from service.summary import build_summary
+from service.summary import build_summary, review_reasons
 from service.volume import Volume
 from service.worker import InferenceWorker, SegmentTask, WorkerResult
 
@@ -91,7 +92,10 @@ class SegmentUpload:
         segmentation = self.result.segmentation
         files = {
             "mask": mask_to_nifti_bytes(segmentation.mask),
-            "preview": preview_png(self.volume.image, segmentation.mask, segmentation.confidence),
+            "preview": preview_png(self.volume.image, segmentation.mask, segmentation.confidence, caption=Caption(
+                segmentation.liver_volume_ml, segmentation.liver_mean_hu,
+                tuple(reason.code for reason in review_reasons(segmentation)),
+            )),
         }
         if segmentation.confidence is not None:
             files["confidence"] = image_to_nifti_bytes(segmentation.confidence)

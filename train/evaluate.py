@@ -31,7 +31,7 @@ from scipy import stats
 
 from model_zoo.device import resolve_device
 from model_zoo.registry import LoadedModel, load_model, record_metrics
-from service.io.encode import outline_overlay
+from service.io.preview import outline_overlay
 from train.config import VALIDATION_PHANTOM_SEED
 from train.data import DATA_FORMATS, find_cases, load_case_with_organs, phantom_sources
 from train.metrics import CaseMetrics, evaluate_masks, summarise
