@@ -83,7 +83,7 @@ def make_seg(volume: Volume, mask: sitk.Image, card: ModelCard) -> bytes:
         )
     require_same_grid(mask, volume.image, "make_seg")
     ordered = frames_to_sources(volume.datasets, mask)
-    sources, repairs = _source_headers(ordered)
+    sources, repairs = source_headers(ordered)
     if repairs:
         volume.warnings.append(
             "The DICOM series lacks UIDs a SEG must reference: " + "; ".join(repairs) + ". The SEG "
@@ -176,7 +176,7 @@ def frames_to_sources(datasets: list[pydicom.Dataset], mask: sitk.Image) -> list
     return [by_slice[k] for k in range(depth)]
 
 
-def _source_headers(ordered: list[pydicom.Dataset]) -> tuple[list[pydicom.Dataset], list[str]]:
+def source_headers(ordered: list[pydicom.Dataset]) -> tuple[list[pydicom.Dataset], list[str]]:
     """Copies of the headers highdicom can build a SEG from, and the UID repairs made, in words.
 
     The volume's own headers are never modified. The first copy is whole (highdicom copies its
@@ -258,7 +258,7 @@ def _segmentation(sources: list[pydicom.Dataset], pixels: np.ndarray, card: Mode
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=card.name[:64],
-        software_versions=f"liverseg {_version()}",
+        software_versions=f"liverseg {liverseg_version()}",
         # The weights are the "device": their hash says exactly which model drew the mask.
         device_serial_number=(card.weights_sha256 or "unknown")[:64],
         series_description=SERIES_DESCRIPTION,
@@ -271,21 +271,26 @@ def _segmentation(sources: list[pydicom.Dataset], pixels: np.ndarray, card: Mode
     )
 
 
-def _liver_segment(card: ModelCard) -> hd.seg.SegmentDescription:
+def algorithm_identification(card: ModelCard) -> hd.AlgorithmIdentificationSequence:
+    """The model as DICOM's Algorithm Identification: name, card version, weights SHA-256 (SEG and RTSTRUCT)."""
     parameters = {"weights_sha256": card.weights_sha256 or "unknown", "architecture": card.arch}
+    return hd.AlgorithmIdentificationSequence(
+        name=card.name[:64],
+        family=codes.cid7162.ArtificialIntelligence,
+        version=card.version[:64],
+        source=MANUFACTURER,
+        parameters=parameters,
+    )
+
+
+def _liver_segment(card: ModelCard) -> hd.seg.SegmentDescription:
     return hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=SEGMENT_LABEL,
         segmented_property_category=codes.SCT.AnatomicalStructure,
         segmented_property_type=codes.SCT.Liver,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=card.name[:64],
-            family=codes.cid7162.ArtificialIntelligence,
-            version=card.version[:64],
-            source=MANUFACTURER,
-            parameters=parameters,
-        ),
+        algorithm_identification=algorithm_identification(card),
         display_color=hd.color.CIELabColor(61.0, 20.0, 40.0),  # a liver brown, as 3D Slicer draws it
     )
 
@@ -297,7 +302,8 @@ def _series_number(source: pydicom.Dataset) -> int:
         return SERIES_NUMBER_OFFSET
 
 
-def _version() -> str:
+def liverseg_version() -> str:
+    """The installed liverseg version, for the Software Versions of the DICOM objects it writes."""
     try:
         return metadata.version("liverseg")
     except metadata.PackageNotFoundError:
