@@ -10,6 +10,7 @@ import sys
 import uvicorn
 
 from client.log_setup import configure_logging
+from service.api.h11_protocol import JsonErrorH11Protocol
 from service.app import create_app
 from service.jobs.store import JobsDatabaseError, JobStore
 from service.settings import Settings
@@ -47,8 +48,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"liverseg: {problem}")
     # log_config=None: uvicorn configures no handlers of its own, so its access and error lines
     # go through the root handler above, in the one format and through the patient-data filter.
+    # http: h11, its own 400s (headers past its buffer) in the service's JSON body, not a reset.
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
+        http=JsonErrorH11Protocol,
     )
 
 

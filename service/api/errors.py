@@ -7,6 +7,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_HEADER_SIZE
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import errors
@@ -71,6 +73,8 @@ async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse
             f"The upload has more than {limit} files; this service accepts at most {limit} in one upload "
             "(LIVERSEG_MAX_ZIP_MEMBERS): zip the series.",
         )
+    if error.status_code == 400 and (problem := _multipart_problem(error)) is not None:
+        return error_response(400, "bad_request", problem)
     codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
     return error_response(
         error.status_code, codes.get(error.status_code, f"http_{error.status_code}"), str(error.detail),
@@ -88,6 +92,24 @@ def _domain_cause(error: Exception) -> errors.LiversegError | None:
             return None
         cause = domain.exceptions[0]
     return cause if isinstance(cause, errors.LiversegError) else None
+
+
+def _multipart_problem(error: Exception) -> str | None:
+    """What python-multipart found wrong in the body (Starlette says only "Invalid multipart
+    data."), as a sentence; None where the 400 has another cause."""
+    cause, depth = error, 0
+    while cause is not None and depth < 4 and not isinstance(cause, MultipartParseError):
+        cause, depth = cause.__cause__ or cause.__context__, depth + 1
+    if not isinstance(cause, MultipartParseError):
+        return None
+    if str(cause).startswith("Maximum header size"):
+        return (
+            f"A part of the multipart body has a header line longer than {DEFAULT_MAX_HEADER_SIZE:,} bytes "
+            "(a file name that long?): send the files under names of at most 4,000 bytes."
+        )
+    if str(cause).startswith("Maximum header count"):
+        return f"A part of the multipart body has more than {DEFAULT_MAX_HEADER_COUNT} header lines."
+    return f"The multipart body is malformed ({str(cause)[:200]})."
 
 
 async def _unexpected(_: Request, error: Exception) -> JSONResponse:

@@ -140,3 +140,38 @@ def test_a_busy_port_is_said_in_one_line_before_the_model_loads(tiny_checkpoint_
         f"liverseg: port {port} on 127.0.0.1 is already in use (another liverseg?). Choose another with "
         "LIVERSEG_PORT=8001 (or --port 8001); LIVERSEG_HOST sets the interface."
     ]
+
+
+MULTIPART_HEADER_TOO_LONG = {
+    "error": "bad_request",
+    "detail": "A part of the multipart body has a header line longer than 4,224 bytes (a file name that long?): "
+    "send the files under names of at most 4,000 bytes.",
+}
+HTTP_HEADERS_REFUSED = {
+    "error": "bad_request",
+    "detail": "The request could not be read as HTTP/1.1: its request line or headers are malformed, or longer than "
+    "the 16 kB this service reads (a file name or a header that long?). Send file names in the multipart body, "
+    "of at most 4,000 bytes each.",
+}
+
+
+def test_oversized_names_and_headers_get_a_400_json_body_not_a_reset(server_factory) -> None:
+    server = server_factory().start()
+    ct = bytes(2_000_000)  # still being sent when the server has refused the request
+    with server.client() as client:
+        long_name = client.post("/segment", files={"file": ("a" * 200_000 + ".nii.gz", ct)})
+        long_part_header = client.post(
+            "/segment", files={"file": ("ct.nii.gz", ct, "application/octet-stream", {"X-Note": "n" * 1_000_000})}
+        )
+        # h11 refuses these before the app sees them; uvicorn's own answer was plain text (200 kB)
+        # or a connection reset (1 MB).
+        long_request_headers = [
+            client.post("/segment", files={"file": ("ct.nii.gz", ct)}, headers={"X-File-Name": "a" * size})
+            for size in (200_000, 1_000_000)
+        ]
+        assert client.get("/healthz").status_code == 200
+    for answer in (long_name, long_part_header):
+        assert (answer.status_code, answer.json()) == (400, MULTIPART_HEADER_TOO_LONG)
+    for answer in long_request_headers:
+        assert answer.status_code == 400 and answer.headers["content-type"] == "application/json"
+        assert answer.json() == HTTP_HEADERS_REFUSED
