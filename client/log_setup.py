@@ -2,7 +2,8 @@
 
 `configure_logging` is called once by each entry point (`python -m service`, the queue worker,
 `liverseg-pacs`): one handler on stderr, one format (uvicorn's access lines included: the server
-passes uvicorn no logging config of its own, so its loggers propagate here), Python warnings
+passes uvicorn no logging config of its own, so its loggers propagate here), plain text or JSON
+lines (`LIVERSEG_LOG_FORMAT=json`: one object a line, a traceback inside it), Python warnings
 captured into logging, and highdicom's and pydicom's INFO chatter (about ten lines per SEG, each
 naming a SOP Instance UID) held back to WARNING and up. Every root handler gets
 `PatientDataFilter`, the net under all of it.
@@ -36,6 +37,8 @@ it stores). Names, IDs and dates are redacted there as everywhere.
 from __future__ import annotations
 
 import builtins
+import datetime
+import json
 import logging
 import re
 import sys
@@ -195,14 +198,34 @@ class PatientDataFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str, *, keep_uids: bool = False) -> None:
-    """Log at `level` (a name: "info", "debug", ...) to stderr in the one format, through
-    `PatientDataFilter` on every root handler; called once by each process's entry point."""
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object a record, on one line: time (UTC, ISO 8601), level, logger, message, and
+    the exception's traceback where there is one (already redacted by the filter)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = record.stack_info
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure_logging(level: str, *, keep_uids: bool = False, log_format: str = "text") -> None:
+    """Log at `level` (a name: "info", "debug", ...) to stderr in the one format ("text", or "json"
+    lines), through `PatientDataFilter` on every root handler; called once by each process's entry point."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_liverseg", False)]:
         root.removeHandler(handler)  # a second call replaces ours rather than doubling each line
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(JsonLineFormatter() if log_format == "json" else logging.Formatter(FORMAT))
     handler._liverseg = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     for each in root.handlers:  # any handler already there is covered by the same net

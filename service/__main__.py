@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port})")
     args = parser.parse_args(argv)
     settings = defaults.model_copy(update={"host": args.host, "port": args.port})
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_format=settings.log_format)
     try:  # a damaged jobs database: one line and exit 1, not a traceback from the app's startup
         JobStore(settings.data_dir).close()
     except JobsDatabaseError as error:

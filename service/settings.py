@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'json': one JSON object a line (time, level, logger, message, exception), uvicorn's lines too."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

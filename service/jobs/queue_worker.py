@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     if not settings.queue_url:
         parser.error("LIVERSEG_QUEUE_URL is not set (e.g. redis://redis:6379/0): there is no queue to take jobs from")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_format=settings.log_format)
     try:  # a damaged jobs database: one line and exit 1, not a traceback from arq's startup
         JobStore(settings.data_dir).close()
     except JobsDatabaseError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import logging
 import sys
 import warnings
@@ -133,6 +134,34 @@ def test_configure_logging_quiets_highdicom_and_captures_warnings_redacted(resto
     assert "DEBUG service.test: debug lines of ours come through" in err
     assert "WARNING py.warnings: " in err and "UserWarning: Invalid value for VR DA: '<redacted>'." in err
     assert "19010203" not in err and err.count("debug lines of ours") == 1
+
+
+def test_json_lines_give_one_object_a_line_for_uvicorn_and_the_app_without_patient_data(restore_logging, capsys) -> None:
+    configure_logging("info", log_format="json")
+    # As uvicorn logs a request (log_config=None: its loggers propagate to ours), and as the job
+    # runner logs an outcome.
+    logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "POST", "/jobs", "1.1", 202)
+    logging.getLogger("service.jobs.runner").info("job %s %s: %d input bytes in %.1f s", "ab" * 16, "done", 52_000, 3.25)
+    logging.getLogger("highdicom.base").info('copy Patient-related attributes from dataset "%s"', UID)  # held back
+    logging.getLogger("highdicom.seg").warning("value 'Doe^John' of PatientName is too long")
+    name = "Zzmarker" + "^Patient"  # not in the traceback's source line, which is kept
+    try:
+        raise ValueError(f"'{name}' is not a valid PatientSexValues\nsecond line")
+    except ValueError:
+        logging.getLogger("service.jobs.runner").exception("job %s failed", "cd" * 16)
+    lines = capsys.readouterr().err.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert all(set(r) >= {"time", "level", "logger", "message"} and r["time"].endswith("+00:00") for r in records)
+    assert [{k: r[k] for k in ("level", "logger", "message")} for r in records] == [
+        {"level": "INFO", "logger": "uvicorn.access", "message": '127.0.0.1:5000 - "POST /jobs HTTP/1.1" 202'},
+        {"level": "INFO", "logger": "service.jobs.runner", "message": f"job {'ab' * 16} done: 52000 input bytes in 3.2 s"},
+        {"level": "WARNING", "logger": "highdicom.seg", "message": "value '<redacted>' of PatientName is too long"},
+        {"level": "ERROR", "logger": "service.jobs.runner", "message": f"job {'cd' * 16} failed"},
+    ]
+    exception = records[-1]["exception"]
+    assert exception.startswith("Traceback (most recent call last):") and f'File "{__file__}", line' in exception
+    assert exception.endswith("ValueError: '<redacted>' is not a valid PatientSexValues\nsecond line")
+    assert "Zzmarker" not in "\n".join(lines) and "exception" not in records[0]
 
 
 def test_configure_logging_puts_the_filter_on_handlers_already_there(restore_logging, capsys) -> None:

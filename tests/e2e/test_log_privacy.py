@@ -3,6 +3,7 @@ marked goes through output=dicom-seg and /jobs at log level debug, and no mark r
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -73,3 +74,27 @@ def test_no_patient_data_reaches_the_server_log(server_factory, tmp_path) -> Non
     assert len(re.findall(line + r'"POST /jobs HTTP/1\.1" 202$', log, re.M)) == 2
     assert "DICOM SEG refused by highdicom: ValueError about PatientBirthDate" in log
     assert "WARNING pydicom: The PN component length" in log
+
+
+def test_json_log_lines_on_a_real_server_one_object_a_line_without_patient_data(server_factory, tmp_path) -> None:
+    files, uids = marked_series(tmp_path / "series", 1, birth_date=BIRTH_DATE)
+    server = server_factory(log_level="info", log_format="json").start()
+    with server.client() as client:
+        job = client.post("/jobs", files=[("files", (f.name, f.read_bytes())) for f in files])
+        assert job.status_code == 202, job.text
+        assert wait_for_job(client, job.headers["location"], timeout=120)["state"] == "done"
+    server.stop()
+
+    text = server.log.read_text()
+    records = [json.loads(line) for line in text.splitlines()]  # every line an object: no other format
+    assert records and all(set(r) >= {"time", "level", "logger", "message"} for r in records)
+    messages = {(r["logger"], r["message"]) for r in records}
+    job_id = job.json()["id"]
+    # uvicorn's own lines (its startup and the request) and the app's, in the one format.
+    assert ("uvicorn.error", "Application startup complete.") in messages
+    assert any(logger == "uvicorn.access" and re.fullmatch(r'127\.0\.0\.1:\d+ - "POST /jobs HTTP/1\.1" 202', message)
+               for logger, message in messages), text[-3000:]
+    outcome = [m for logger, m in messages if logger == "service.jobs.runner" and m.startswith(f"job {job_id} ")]
+    assert len(outcome) == 1 and re.fullmatch(rf"job {job_id} done: \d+ input bytes in \d+\.\d s", outcome[0]), outcome
+    assert [mark for mark in MARKS if mark.lower() in text.lower()] == []
+    assert [uid for uid in uids if uid in text] == []
