@@ -26,7 +26,7 @@ from model_zoo.architectures import create_network
 from model_zoo.card import ModelCard, Training
 from model_zoo.device import resolve_device
 from model_zoo.preprocessing import hu_to_input_units
-from model_zoo.registry import load_model
+from model_zoo.registry import CHECKPOINT_DIR, checkpoint_names, load_model
 from service.options import resolve_options
 from service.sliding_window import sliding_window_inference
 from train.augment import Augmenter
@@ -51,6 +51,8 @@ from train.widen import WIDENABLE_ARCHS, widen_unet3d_ds
 log = logging.getLogger(__name__)
 # Where each architecture's 1x1x1 output heads live in its state_dict (for `add_classes`).
 HEAD_PREFIXES = {"unet3d_ds": "heads."}
+# Without a progress bar (not a terminal: tqdm is off), a log line this often inside an epoch.
+PROGRESS_EVERY_S = 30.0
 
 
 @dataclass
@@ -92,6 +94,12 @@ def select_cases(config: TrainConfig) -> tuple[list[CaseSource], list[CaseSource
     text = (f"{config.data_format} data at {config.data}: {len(train_sources)} training and "
             f"{len(val_sources)} validation cases; liver = label >= 1")
     return train_sources, val_sources, text
+
+
+def init_folder(name: str, out_dir: str | Path) -> Path:
+    """Where `--init-from NAME` is read: the run's own `out_dir` when it holds NAME, else the
+    bundled zoo (so a run exporting elsewhere can still start from the bundled model)."""
+    return Path(out_dir) if name in checkpoint_names(out_dir) else CHECKPOINT_DIR
 
 
 def _optimizer(config: TrainConfig, network: nn.Module) -> torch.optim.Optimizer:
@@ -138,7 +146,7 @@ class Trainer:
         """Fine-tuning: start from a checkpoint's weights; same architecture, and the same widths or
         (unet3d_ds) whole multiples of them, widened so the network starts as the checkpoint. A
         two-class checkpoint may start a multi-class run: its heads grow (`train.classes.add_classes`)."""
-        source = load_model(name, self.config.out_dir)
+        source = load_model(name, init_folder(name, self.config.out_dir))
         card, config = source.card, self.config
         features = config.arch_kwargs.get("features")
         mismatch = (f"--init-from {name}: it is a {card.arch} {card.arch_kwargs}, this run trains a "
@@ -192,7 +200,8 @@ class Trainer:
         total, terms_sum = 0.0, None
         bar = tqdm(range(config.iters_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
                    leave=False, disable=None, dynamic_ncols=True)
-        for _ in bar:
+        reported = start
+        for i in bar:
             image, label = sampler.sample(self.generator)
             image, label = image.to(self.device), label.to(self.device)
             image, label = self.augmenter(image, label, self.generator)
@@ -210,6 +219,11 @@ class Trainer:
             terms = np.array(self.loss.last_terms)
             terms_sum = terms if terms_sum is None else terms_sum + terms
             bar.set_postfix(loss=f"{value:.3f}")
+            now = time.perf_counter()
+            if bar.disable and now - reported >= PROGRESS_EVERY_S and i + 1 < config.iters_per_epoch:
+                reported = now
+                log.info("epoch %d/%d: iteration %d/%d, loss %.4f, %.2f it/s", epoch + 1, config.epochs,
+                         i + 1, config.iters_per_epoch, total / (i + 1), (i + 1) / (now - start))
         n = config.iters_per_epoch
         return EpochRecord(epoch=epoch + 1, train_loss=total / n,
                            loss_terms=[float(t) for t in terms_sum / n], val_dice=None, lr=lr,

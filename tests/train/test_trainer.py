@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 import torch
 
+import train.trainer as trainer_module
 from model_zoo.card import ModelCard
-from model_zoo.registry import get_card, load_model
+from model_zoo.registry import CHECKPOINT_DIR, get_card, load_model
 from tests.train.conftest import TINY, tiny_config
-from train.trainer import Trainer
+from train.trainer import Trainer, init_folder
 
 
 @pytest.mark.slow
@@ -84,3 +86,24 @@ def test_init_from_a_narrower_checkpoint_starts_from_what_it_computes(tmp_path):
         expected, got = narrow(x, deep_supervision=True), wide(x, deep_supervision=True)
     for a, b in zip(expected, got, strict=True):
         assert torch.allclose(a, b, atol=1e-4 * float(a.abs().max()))
+
+
+def test_without_a_terminal_an_epoch_logs_its_progress(tmp_path, monkeypatch, caplog):
+    # Under pytest stderr is no terminal, so tqdm is off, as in a piped or nohup'd run.
+    monkeypatch.setattr(trainer_module, "PROGRESS_EVERY_S", 0.0)  # every iteration, not every 30 s
+    config = tiny_config(tmp_path, synthetic=1, n_val=0, phantom_spacing_mm=6.0, epochs=1, iters_per_epoch=3,
+                         final_evaluation=False)
+    caplog.set_level("INFO", logger="train.trainer")
+    Trainer(config).fit()
+    progress = [r.getMessage() for r in caplog.records if ": iteration " in r.getMessage()]
+    assert len(progress) == 2, progress  # the last iteration is the epoch's own line
+    for k, line in enumerate(progress, 1):
+        assert re.fullmatch(rf"epoch 1/1: iteration {k}/3, loss \d+\.\d{{4}}, \d+\.\d\d it/s", line), line
+
+
+def test_init_from_reads_the_out_folder_first_then_the_bundled_zoo(tmp_path):
+    Trainer(tiny_config(tmp_path, synthetic=1, n_val=0, phantom_spacing_mm=6.0, epochs=1, iters_per_epoch=1,
+                        final_evaluation=False)).fit()
+    assert init_folder("unet3d_ds.test", tmp_path / "zoo") == tmp_path / "zoo"
+    assert init_folder("unet3d_ds.phantom_4mm", tmp_path / "zoo") == CHECKPOINT_DIR
+    assert init_folder("unet3d_ds.phantom_4mm", tmp_path / "absent") == CHECKPOINT_DIR
