@@ -3,9 +3,12 @@
     python -m train --arch unet3d_ds --arch-kwargs '{"features": [16, 32, 64, 128]}' \\
         --tag phantom_3mm --synthetic 16 --val 2 --spacing 3 --patch 64 --epochs 40
 
-writes model_zoo/checkpoints/unet3d_ds.phantom_3mm.{json,safetensors} (the card and weights) and
-runs/unet3d_ds.phantom_3mm/ (training checkpoint, log.csv, curves.png, and prepared/: every case
-on the model grid, read back by a resumed or repeated run; delete it to reclaim the disk).
+writes runs/models/unet3d_ds.phantom_3mm.{json,safetensors} (the card and weights; --out moves
+them: never into the bundled model_zoo/checkpoints unless asked) and runs/unet3d_ds.phantom_3mm/
+(training checkpoint, log.csv, curves.png, and prepared/: every case on the model grid, read back
+by a resumed or repeated run; delete it to reclaim the disk). Serve the result with
+LIVERSEG_MODEL_DIR=runs/models LIVERSEG_MODEL=unet3d_ds.phantom_3mm. --init-from NAME reads NAME
+from --out's folder, else from the bundled zoo.
 """
 
 from __future__ import annotations
@@ -16,14 +19,18 @@ import logging
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from model_zoo.registry import CHECKPOINT_DIR
 from train.augment import AugmentConfig
 from train.classes import CLASS_SCHEMES
 from train.config import TrainConfig
 from train.data import DATA_FORMATS
 from train.losses import parse_ds_weights
 from train.trainer import train
+
+# Checkpoints a run exports go here under --work-dir unless --out says otherwise: a run
+# must not replace the bundled model (model_zoo/checkpoints) by default.
+MODELS_FOLDER = "models"
 
 
 def _triple(text: str, kind: type) -> tuple:
@@ -57,7 +64,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        unset = action.default is None or action.default is False or action.default == [] or action.default is argparse.SUPPRESS
+        unset = (action.default is None or action.default is False or action.default == []
+                 or action.default is argparse.SUPPRESS or action.nargs == 0)  # a flag: its help says it
         if not action.option_strings or "default" in text or unset:  # `is`: a default of 0 is shown
             return text
         return f"{text} (default: %(default)s)"
@@ -95,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block-average the CT onto the model grid and train on liver fractions "
                         "(default on; --no-antialias: linear point sampling and 0/1 labels)")
     p.add_argument("--init-from", metavar="NAME", default=None,
-                   help="fine-tune: start from the weights of checkpoint NAME (in --out's folder); a "
-                        "unet3d_ds may be widened to whole multiples of its features (train/widen.py)")
+                   help="fine-tune: start from the weights of checkpoint NAME (in --out's folder, else the "
+                        "bundled zoo); a unet3d_ds may be widened to whole multiples of its features (train/widen.py)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs to train")
     p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch, help="optimiser steps per epoch")
     p.add_argument("--batch", dest="batch_size", type=int, default=d.batch_size, help="patches per step")
@@ -117,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes preparing the cases onto the model grid (default: CPU cores, at most 8)")
     p.add_argument("--device", default=d.device, help='"auto", "cpu", "cuda", "cuda:1"...')
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
-    p.add_argument("--out", dest="out_dir", default=str(CHECKPOINT_DIR), help="where the checkpoint is exported")
+    p.add_argument("--out", dest="out_dir", default=None,
+                   help=f"where the checkpoint is exported (default: WORK_DIR/{MODELS_FOLDER}, beside the run; "
+                        "--out model_zoo/checkpoints replaces a bundled model of the same name)")
     p.add_argument("--work-dir", default=d.work_dir, help="training checkpoints and logs (default runs/)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
                    help="continue the run in WORK_DIR/ARCH.TAG (or DIR) from its last epoch")
@@ -135,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     resume = options.pop("resume")
     augment = AugmentConfig.off() if options.pop("no_augment") else AugmentConfig()
     options["synthetic"] = options["synthetic"] or 0
+    options["out_dir"] = options["out_dir"] or str(Path(options["work_dir"]) / MODELS_FOLDER)
     options["n_val"] = options.pop("val")
     anatomy = options["phantom_anatomy"]
     options["phantom_anatomy"] = anatomy if isinstance(anatomy, int) else (anatomy[0] if len(anatomy) == 1 else tuple(anatomy))
@@ -142,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          command="python -m train " + shlex.join(argv))
     result = train(config, resume=resume)
     card = result.card
-    print(f"exported {card.name} to {config.out_dir} after {result.seconds:.0f} s")
+    print(f"exported {card.name} to {config.out_dir} after {result.seconds:.0f} s; serve it with "
+          f"LIVERSEG_MODEL_DIR={shlex.quote(config.out_dir)} LIVERSEG_MODEL={card.name}")
     print(json.dumps(card.metrics, indent=1))
     print(f"training log: {result.run_dir / 'log.csv'}, curves: {result.run_dir / 'curves.png'}")
     return 0

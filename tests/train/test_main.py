@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
-from model_zoo.registry import get_card
+from model_zoo.registry import CHECKPOINT_DIR, get_card
+from tests.conftest import REPO
 from train.__main__ import build_parser
 from train.__main__ import main as train_main
 from train.export import CONFIDENCE_METHOD, PHANTOM_LICENSE
+from train.trainer import init_folder
 
 
 def test_cli_parses_the_documented_options():
@@ -54,3 +58,34 @@ def test_help_shows_every_default(capsys):
     for shown in ("epochs to train (default: 50)", "patches per step (default: 2)", "(default: auto)", "(default: custom)",
                   "random in the run (default: 0)"):
         assert shown in text, shown
+
+
+def test_by_default_a_run_exports_beside_itself_never_into_the_bundled_zoo(tmp_path, capsys):
+    # Checked first: with the old default (the bundled folder) the run below would replace the bundled model.
+    assert build_parser().parse_args(["--synthetic", "1"]).out_dir is None
+    bundled = {p.name: p.read_bytes() for p in CHECKPOINT_DIR.iterdir()}
+    runs = tmp_path / "runs"
+    code = train_main([
+        "--arch", "unet3d_ds", "--arch-kwargs", '{"features": [8, 16, 32, 64]}', "--tag", "phantom_4mm",
+        "--synthetic", "1", "--phantom-spacing", "6", "--val", "0", "--spacing", "6", "--patch", "16",
+        "--epochs", "1", "--iters-per-epoch", "1", "--device", "cpu", "--no-final-eval", "--work-dir", str(runs),
+    ])
+    assert code == 0
+    # The bundled model's own name, exported under WORK_DIR/models; the bundled files untouched.
+    assert get_card("unet3d_ds.phantom_4mm", runs / "models").training.epochs == 1
+    assert {p.name: p.read_bytes() for p in CHECKPOINT_DIR.iterdir()} == bundled
+    out = capsys.readouterr().out
+    assert f"exported unet3d_ds.phantom_4mm to {runs / 'models'} after" in out
+    assert f"serve it with LIVERSEG_MODEL_DIR={runs / 'models'} LIVERSEG_MODEL=unet3d_ds.phantom_4mm" in out
+
+
+def test_the_bundled_cards_training_command_chain_still_means_what_it_did():
+    # Each step passes --out model_zoo/checkpoints: it exports there, and its --init-from reads there.
+    chain = get_card("unet3d_ds.phantom_4mm").training.command
+    steps = [shlex.split(step)[3:] for step in chain.split(" && ")]
+    assert len(steps) == 9 and all(shlex.split(step)[:3] == ["python", "-m", "train"] for step in chain.split(" && "))
+    for step in steps:
+        args = build_parser().parse_args(step)
+        assert args.out_dir == "model_zoo/checkpoints" and args.tag == "phantom_4mm"
+        if args.init_from:
+            assert init_folder(args.init_from, REPO / args.out_dir) == REPO / "model_zoo" / "checkpoints"
