@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 from service.api import errors
 from service.api.body_limit import BodyLimitMiddleware
 from service.api.request_metrics import RequestMetricsMiddleware
-from service.api.routes import health, jobs, models, segment
+from service.api.routes import health, jobs, models, segment, viewer
 from service.jobs.dispatch import Dispatcher, InProcessDispatcher
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics = Metrics()
     errors.install(app)
-    for router in (segment.router, jobs.router, models.router, health.router):
+    for router in (segment.router, jobs.router, models.router, health.router, viewer.router):
         app.include_router(router)
 
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)

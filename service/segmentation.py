@@ -28,10 +28,10 @@ from service.summary import build_summary, review_reasons
 from service.volume import Volume
 from service.worker import InferenceWorker, SegmentTask, WorkerResult
 
-# The files a finished job keeps beside its input, by link name.
+# The files a finished job keeps beside its input, by link name ("ct": made when the viewer asks).
 JOB_FILES = {
     "mask": "mask.nii.gz", "confidence": "confidence.nii.gz", "preview": "preview.png",
-    "seg": "seg.dcm", "summary": "summary.json",
+    "seg": "seg.dcm", "summary": "summary.json", "ct": "ct.nii.gz",
 }
 
 

@@ -16,6 +16,7 @@ from service.api.responses import ERRORS
 from service.api.uploads import FileField, FilesField, collect, spool
 from service.errors import NotFound, NotReady, UnsupportedOutput
 from service.jobs.store import JobRecord, JobStore, is_job_id, not_found
+from service.jobs.viewer_ct import job_ct_nifti
 from service.options import SegmentParams, resolve_options
 from service.schemas import ErrorBody, Job
 from service.segmentation import JOB_FILES
@@ -64,7 +65,7 @@ def _job(record: JobRecord, store: JobStore, worker: InferenceWorker) -> Job:
     base = f"/jobs/{record.id}"
     links = {"self": base}
     if record.state == "done":
-        links |= {"mask": f"{base}/mask", "preview": f"{base}/preview.png"}
+        links |= {"mask": f"{base}/mask", "preview": f"{base}/preview.png", "summary": f"{base}/summary", "ct": f"{base}/ct"}
         if (store.folder(record.id) / JOB_FILES["confidence"]).exists():
             links["confidence"] = f"{base}/confidence"
         if (store.folder(record.id) / JOB_FILES["seg"]).exists():
@@ -84,12 +85,18 @@ def _record(store: JobStore, job_id: str) -> JobRecord:
     return record
 
 
-def _finished_file(store: JobStore, job_id: str, link: str, what: str) -> Path:
+def _finished(store: JobStore, job_id: str, what: str) -> JobRecord:
+    """The job's record when it is done; NotReady (409) while it is queued or running, or failed."""
     record = _record(store, job_id)
     if record.state == "failed":
         raise NotReady(f"The job failed ({record.error}): {record.detail}")
     if record.state != "done":
         raise NotReady(f"The job is {record.state} ({record.progress:.0%}); its {what} is not ready yet.")
+    return record
+
+
+def _finished_file(store: JobStore, job_id: str, link: str, what: str) -> Path:
+    _finished(store, job_id, what)
     path = store.folder(job_id) / JOB_FILES[link]
     if not path.exists():
         raise NotFound(f"This job has no {what}" + (" (ask for it with confidence=true)." if link == "confidence" else "."))
@@ -166,6 +173,23 @@ def get_seg(job_id: JobId, store: JobsDep) -> FileResponse:
 def get_preview(job_id: JobId, store: JobsDep) -> FileResponse:
     """Axial and coronal slices with the mask (and confidence) drawn over the CT."""
     return FileResponse(_finished_file(store, job_id, "preview", "preview"), media_type="image/png")
+
+
+@router.get("/{job_id}/summary", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+def get_summary(job_id: JobId, store: JobsDep) -> FileResponse:
+    """The JSON summary (as in GET /jobs/{id}), as a file to keep beside the mask."""
+    return FileResponse(
+        _finished_file(store, job_id, "summary", "summary"), media_type="application/json", filename="liver_summary.json",
+    )
+
+
+@router.get("/{job_id}/ct", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+async def get_ct(job_id: JobId, store: JobsDep, settings: SettingsDep) -> FileResponse:
+    """The CT the mask was made on, .nii.gz in HU on the input's grid, for the viewer at / (made
+    from the stored input on the first request, so it takes a decode's time once)."""
+    _finished(store, job_id, "CT")
+    path = await run_in_threadpool(job_ct_nifti, store, job_id, settings)
+    return FileResponse(path, media_type="application/gzip", filename="ct.nii.gz")
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses={404: {"model": ErrorBody}})
