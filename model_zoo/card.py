@@ -117,6 +117,26 @@ class Training(_Frozen):
     device: str | None = None
 
 
+class Calibration(_Frozen):
+    """How the liver probability a client gets (output=probability) was calibrated.
+
+    The served probability is sigmoid(logit(p) / temperature), p the blended softmax's liver
+    channel: temperature scaling (Guo et al., ICML 2017) of the liver's log-odds, its logit
+    margin over the other classes. 1.0 sends p as the network gives it. Fitted on held-out phantoms
+    by `python -m train.calibrate`, which records the expected calibration errors beside it.
+    """
+
+    temperature: PositiveFloat = 1.0
+    ece_before: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="expected calibration error at temperature 1, on the cases named in `data`"
+    )
+    ece_after: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="expected calibration error at `temperature`, on the same cases"
+    )
+    data: str = Field("", description="what it was fitted and measured on, and how ECE was counted")
+    command: str = ""
+
+
 class ModelCard(_Frozen):
     """A checkpoint's card (`NAME.json`); `weights_file`/`weights_sha256` are filled in on save."""
 
@@ -132,6 +152,7 @@ class ModelCard(_Frozen):
     training: Training | None = None
     metrics: dict[str, FiniteFloat] = Field(default_factory=dict)
     confidence: str = ""
+    calibration: Calibration = Field(default_factory=Calibration)
     intended_use: str = ""
     license: str = ""
     framework_versions: dict[str, str] = Field(default_factory=dict)

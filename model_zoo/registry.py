@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from model_zoo.architectures import create_network
 from model_zoo.atomic_write import write_atomically
-from model_zoo.card import ModelCard
+from model_zoo.card import Calibration, ModelCard
 from model_zoo.lookup import UnknownNameError
 
 logger = logging.getLogger(__name__)
@@ -217,9 +218,22 @@ def record_metrics(
 
     Only the card changes; the weights and their SHA-256 stay as they are.
     """
+    return _rewrite_card(name, directory, lambda card: {"metrics": {**card.metrics, **metrics}})
+
+
+def record_calibration(
+    name: str, calibration: Calibration, directory: str | os.PathLike[str] | None = None
+) -> ModelCard:
+    """Replace checkpoint `name`'s calibration (`python -m train.calibrate`); the weights stay as they are."""
+    return _rewrite_card(name, directory, lambda card: {"calibration": calibration.model_dump()})
+
+
+def _rewrite_card(
+    name: str, directory: str | os.PathLike[str] | None, changes: Callable[[ModelCard], dict[str, object]]
+) -> ModelCard:
     folder = _directory(directory)
     card = get_card(name, folder)
-    updated = ModelCard.model_validate({**card.model_dump(), "metrics": {**card.metrics, **metrics}})
+    updated = ModelCard.model_validate({**card.model_dump(), **changes(card)})
     text = updated.model_dump_json(indent=2) + "\n"
     write_atomically(folder / f"{name}.json", lambda tmp: Path(tmp).write_text(text))
     return updated

@@ -31,7 +31,7 @@ from model_zoo.card import InferenceDefaults, ModelCard
 from service.errors import InvalidOption
 from service.settings import Settings
 
-OutputKind = Literal["nifti", "json", "dicom-seg", "confidence"]
+OutputKind = Literal["nifti", "json", "dicom-seg", "rtstruct", "confidence", "probability"]
 _CARD_DEFAULTS = InferenceDefaults()  # what a card that says nothing about inference gets
 
 
@@ -44,7 +44,9 @@ class SegmentParams(BaseModel):
     output: OutputKind = Field(
         "nifti",
         description="nifti: the uint8 mask as .nii.gz on the input's grid; json: the summary; "
-        "dicom-seg: a DICOM SEG (DICOM input only); confidence: the confidence map as .nii.gz.",
+        "dicom-seg: a DICOM SEG (DICOM input only); rtstruct: a DICOM RT Structure Set (DICOM input "
+        "only); confidence: the confidence map as .nii.gz; probability: the calibrated liver "
+        "probability as .nii.gz (uint8, scl_slope 1/255; thresholded at 0.5 it is the mask).",
     )
     confidence: bool = Field(False, description="Also make the full-resolution confidence map (jobs).")
     tta: bool = Field(False, description="Mirror test-time augmentation (slower, slightly better).")

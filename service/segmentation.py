@@ -20,6 +20,8 @@ from service.errors import UnsupportedOutput
 from service.io.decode import Upload, decode_upload
 from service.io.encode import image_to_nifti_bytes, mask_to_nifti_bytes
 from service.io.preview import Caption, preview_png
+from service.io.probability import probability_to_nifti_bytes
+from service.io.rtstruct import make_rtstruct
 from service.io.seg import make_seg
 from service.options import InferenceOptions, SegmentParams, resolve_options
 from service.schemas import Summary
@@ -32,6 +34,7 @@ from service.worker import InferenceWorker, SegmentTask, WorkerResult
 JOB_FILES = {
     "mask": "mask.nii.gz", "confidence": "confidence.nii.gz", "preview": "preview.png",
     "seg": "seg.dcm", "summary": "summary.json", "ct": "ct.nii.gz",
+    "rtstruct": "rtstruct.dcm", "probability": "probability.nii.gz",
 }
 
 
@@ -48,13 +51,18 @@ class SegmentUpload:
         self.no_seg_reason: str | None = None
 
     def decode(self, uploads: list[Upload]) -> Volume:
-        """Decode the uploaded files (the domain errors of `decode_upload`); a SEG asked for a
-        volume that is not DICOM is refused here, before the network runs."""
+        """Decode the uploaded files (the domain errors of `decode_upload`); a SEG or RTSTRUCT asked
+        for a volume that is not DICOM is refused here, before the network runs."""
         started = time.perf_counter()
         self.volume = decode_upload(uploads, self.settings)
         self.decode_s = time.perf_counter() - started
         if self.params.output == "dicom-seg" and (why := self.seg_impossible()):
             raise UnsupportedOutput(f"{why} Ask for output=nifti instead.")
+        if self.params.output == "rtstruct" and (why := self.seg_impossible()):
+            raise UnsupportedOutput(
+                f"An RT Structure Set, like a DICOM SEG, references its source series: {why} "
+                "Ask for output=nifti instead."
+            )
         return self.volume
 
     def seg_impossible(self, whose: str = "this input") -> str | None:
@@ -84,11 +92,16 @@ class SegmentUpload:
             return image_to_nifti_bytes(segmentation.confidence), "application/gzip", "liver_confidence.nii.gz"
         if kind == "dicom-seg":
             return self._seg(), "application/dicom", "liver_seg.dcm"
+        if kind == "rtstruct":
+            return self._rtstruct(), "application/dicom", "liver_rtstruct.dcm"
+        if kind == "probability":
+            return self._probability(), "application/gzip", "liver_probability.nii.gz"
         raise ValueError(f"no file for output {kind!r}")
 
     def job_files(self) -> dict[str, bytes]:
-        """Every file a finished job keeps, by link name (no summary: that comes last). A SEG that
-        cannot be made leaves the mask standing and says why in `no_seg_reason` and the warnings."""
+        """Every file a finished job keeps, by link name (no summary: that comes last). A SEG or
+        RTSTRUCT that cannot be made leaves the mask standing and says why in the warnings (and, for
+        an input no DICOM object can reference, in `no_seg_reason`)."""
         segmentation = self.result.segmentation
         files = {
             "mask": mask_to_nifti_bytes(segmentation.mask),
@@ -97,6 +110,7 @@ class SegmentUpload:
                 tuple(reason.code for reason in review_reasons(segmentation)),
             )),
         }
+        files["probability"] = self._probability()
         if segmentation.confidence is not None:
             files["confidence"] = image_to_nifti_bytes(segmentation.confidence)
         self.no_seg_reason = self.seg_impossible("this job's input")
@@ -106,10 +120,22 @@ class SegmentUpload:
             except UnsupportedOutput as error:
                 self.no_seg_reason = error.detail
                 self.volume.warnings.append(f"No DICOM SEG was made: {error.detail}")
+            try:
+                files["rtstruct"] = self._rtstruct()
+            except UnsupportedOutput as error:
+                self.volume.warnings.append(f"No RT Structure Set was made: {error.detail}")
         return files
 
     def _seg(self) -> bytes:
         return make_seg(self.volume, self.result.segmentation.mask, self.result.model.card)
+
+    def _rtstruct(self) -> bytes:
+        return make_rtstruct(self.volume, self.result.segmentation.mask, self.result.model.card)
+
+    def _probability(self) -> bytes:
+        segmentation = self.result.segmentation
+        temperature = self.result.model.card.calibration.temperature
+        return probability_to_nifti_bytes(segmentation.mask, segmentation.liver_probability, temperature)
 
     def summary(self, encode_s: float) -> Summary:
         """The JSON summary, with the time of every stage."""

@@ -16,13 +16,16 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from fastapi.testclient import TestClient
 from matplotlib.path import Path as Polygon
 from pydicom.uid import RTStructureSetStorage
 
+from service.app import create_app
 from service.errors import UnsupportedOutput
 from service.io.rtstruct import make_rtstruct, slice_contours
+from service.settings import Settings
 from service.volume import Volume
-from tests.conftest import ORIENTATIONS, dice
+from tests.conftest import ORIENTATIONS, dice, nifti_bytes, read_nifti, wait_for_job
 from tests.service.test_seg import CARD, decode, on_grid, phantom_series
 
 PLANE_TOLERANCE_MM = 1e-2
@@ -147,3 +150,37 @@ def test_real_sample_contours_fill_back_to_its_liver(real_sample, tmp_path) -> N
     filled = rasterise(data, files)
     assert dice(filled, expected) >= 0.97
     assert (filled != expected).sum() <= 0.002 * expected.sum()
+
+
+# -- through the API: output=rtstruct and GET /jobs/{id}/rtstruct, with the bundled model -----------
+
+
+@pytest.mark.slow
+def test_a_dicom_job_gets_an_rtstruct_of_its_mask_and_nifti_input_a_422(tmp_path) -> None:
+    settings = Settings(model=Settings.model_fields["model"].default, data_dir=tmp_path / "var", device="cpu")
+    phantom, files, _ = phantom_series(tmp_path, seed=2)
+    series = [("files", (f.name, f.read_bytes())) for f in files]
+    with TestClient(create_app(settings)) as client:
+        refused = client.post("/segment", params={"output": "rtstruct"}, files={"file": ("ct.nii.gz", nifti_bytes(phantom.ct))})
+        assert refused.status_code == 422 and refused.json()["error"] == "unsupported_output"
+        assert "this input was nifti" in refused.json()["detail"]
+        nifti_job = client.post("/jobs", files={"file": ("ct.nii.gz", nifti_bytes(phantom.ct))}).json()["id"]
+        dicom_job = client.post("/jobs", files=series).json()["id"]
+        done = wait_for_job(client, f"/jobs/{nifti_job}", timeout=300)
+        assert "rtstruct" not in done["links"] and "probability" in done["links"]
+        no_rtstruct = client.get(f"/jobs/{nifti_job}/rtstruct")
+        assert no_rtstruct.status_code == 422 and "this job's input was nifti" in no_rtstruct.json()["detail"]
+
+        job = wait_for_job(client, f"/jobs/{dicom_job}", timeout=300)
+        assert job["state"] == "done" and job["links"]["rtstruct"] == f"/jobs/{dicom_job}/rtstruct"
+        rtstruct = client.get(job["links"]["rtstruct"])
+        assert rtstruct.status_code == 200 and rtstruct.headers["content-type"] == "application/dicom"
+        mask = read_nifti(client.get(job["links"]["mask"]).content)
+        probability = read_nifti(client.get(job["links"]["probability"]).content)
+        direct = client.post("/segment", params={"output": "rtstruct"}, files=series)
+        assert direct.status_code == 200 and 'filename="liver_rtstruct.dcm"' in direct.headers["content-disposition"]
+    expected = mask_by_file(mask, files)
+    assert expected.sum() > 500
+    assert dice(rasterise(rtstruct.content, files), expected) >= 0.97
+    assert dice(rasterise(direct.content, files), expected) >= 0.97
+    assert np.array_equal(sitk.GetArrayFromImage(probability) > 0.5, sitk.GetArrayFromImage(mask) > 0)

@@ -70,6 +70,9 @@ def _job(record: JobRecord, store: JobStore, worker: InferenceWorker) -> Job:
             links["confidence"] = f"{base}/confidence"
         if (store.folder(record.id) / JOB_FILES["seg"]).exists():
             links["seg"] = f"{base}/seg"
+        for link in ("rtstruct", "probability"):
+            if (store.folder(record.id) / JOB_FILES[link]).exists():
+                links[link] = f"{base}/{link}"
     return Job(
         id=record.id, state=record.state, progress=record.progress, created_at=record.created_at,
         started_at=record.started_at, finished_at=record.finished_at, queue_position=position, eta_s=eta,
@@ -167,6 +170,34 @@ def get_seg(job_id: JobId, store: JobsDep) -> FileResponse:
     path = _finished_file(store, job_id, "seg", "DICOM SEG")
     warnings = ((record.summary or {}).get("input") or {}).get("warnings") or []
     return FileResponse(path, media_type="application/dicom", filename="liver_seg.dcm", headers=warnings_header(warnings))
+
+
+@router.get(
+    "/{job_id}/rtstruct", response_class=FileResponse,
+    responses={status: {"model": ErrorBody} for status in (404, 409, 422)},
+)
+def get_rtstruct(job_id: JobId, store: JobsDep) -> FileResponse:
+    """The liver as a DICOM RT Structure Set referencing the uploaded series; 422 when the input was not DICOM."""
+    record = _record(store, job_id)
+    if record.state == "done" and not (store.folder(job_id) / JOB_FILES["rtstruct"]).exists():
+        reason = (
+            f"An RT Structure Set, like a DICOM SEG, references its source series: {record.no_seg_reason}"
+            if record.no_seg_reason else "No RT Structure Set was made for this job (the summary's warnings say why)."
+        )
+        raise UnsupportedOutput(f"{reason} Fetch the mask (/mask) instead.")
+    path = _finished_file(store, job_id, "rtstruct", "RT Structure Set")
+    warnings = ((record.summary or {}).get("input") or {}).get("warnings") or []
+    return FileResponse(path, media_type="application/dicom", filename="liver_rtstruct.dcm", headers=warnings_header(warnings))
+
+
+@router.get("/{job_id}/probability", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+def get_probability(job_id: JobId, store: JobsDep) -> FileResponse:
+    """The calibrated liver probability, .nii.gz uint8 with scl_slope 1/255 on the input's grid;
+    thresholded at 0.5 it is the mask."""
+    return FileResponse(
+        _finished_file(store, job_id, "probability", "probability map"), media_type="application/gzip",
+        filename="liver_probability.nii.gz",
+    )
 
 
 @router.get("/{job_id}/preview.png", response_class=FileResponse, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
