@@ -47,6 +47,17 @@ def channel_def(scheme: str) -> dict[str, str]:
     return {str(i): name for i, name in enumerate(class_names(scheme))}
 
 
+def dice_class_weights(scheme: str) -> list[float] | None:
+    """Weights of the foreground classes in the Dice term: under "organs" the liver, which the
+    service returns, weighs as much as all its neighbours together (they are there to tell the
+    network what is not liver, and a CPU budget of a few thousand steps must not be spent on
+    them at the liver's cost); None (a plain mean) for "liver"."""
+    names = class_names(scheme)[1:]
+    if len(names) == 1:
+        return None
+    return [float(len(names) - 1) if name == "liver" else 1.0 for name in names]
+
+
 def organ_classes(organs: np.ndarray, groups: Mapping[str, Collection[int]]) -> np.ndarray:
     """An organ label map -> uint8 class indices of the "organs" scheme (0 where no class: the
     liver too, whose share comes from its own fraction).

@@ -146,10 +146,14 @@ def target_probabilities(target: Tensor, n_classes: int) -> Tensor:
 
 
 def soft_dice(
-    probabilities: Tensor, target: Tensor, *, smooth: float = 1e-5, include_background: bool = False
+    probabilities: Tensor, target: Tensor, *, smooth: float = 1e-5, include_background: bool = False,
+    class_weights: Sequence[float] | None = None,
 ) -> Tensor:
     """Mean batch soft Dice over classes: probabilities (N, C, D, H, W), target (N, D, H, W) as
-    integer labels or liver fractions (`target_probabilities`)."""
+    integer labels or liver fractions, or (N, C, D, H, W) per-class targets (`target_probabilities`).
+
+    class_weights: one per class averaged (the foreground classes unless include_background), for
+    a weighted mean; None: the plain mean."""
     n_classes = probabilities.shape[1]
     onehot = target_probabilities(target, n_classes).to(probabilities.dtype)
     if not include_background and n_classes > 1:
@@ -158,7 +162,12 @@ def soft_dice(
     intersection = (probabilities * onehot).sum(axes)
     denominator = probabilities.sum(axes) + onehot.sum(axes)
     dice = (2 * intersection + smooth) / (denominator + smooth).clamp_min(1e-8)
-    return dice.mean()
+    if class_weights is None:
+        return dice.mean()
+    weights = torch.as_tensor(class_weights, dtype=dice.dtype, device=dice.device)
+    if weights.shape != dice.shape:
+        raise ValueError(f"{len(weights)} class weights for {len(dice)} classes")
+    return (dice * weights).sum() / weights.sum()
 
 
 class DiceCELoss(nn.Module):
@@ -171,10 +180,12 @@ class DiceCELoss(nn.Module):
         ce_weight: float = 1.0,
         smooth: float = 1e-5,
         include_background: bool = False,
+        class_weights: Sequence[float] | None = None,
     ):
         super().__init__()
         self.dice_weight, self.ce_weight = dice_weight, ce_weight
         self.smooth, self.include_background = smooth, include_background
+        self.class_weights = class_weights
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         logits = logits.float()  # AMP: the loss in float32, as nnU-Net and MONAI do
@@ -186,7 +197,8 @@ class DiceCELoss(nn.Module):
             target = target.long()
             ce = F.cross_entropy(logits, target)
         dice = soft_dice(
-            logits.softmax(1), target, smooth=self.smooth, include_background=self.include_background
+            logits.softmax(1), target, smooth=self.smooth, include_background=self.include_background,
+            class_weights=self.class_weights,
         )
         return self.ce_weight * ce + self.dice_weight * (1.0 - dice)
 
@@ -200,7 +212,7 @@ class DeepSupervisionLoss(nn.Module):
     main output is trained (Lee et al.). The last per-output losses are kept in `last_terms`.
     """
 
-    def __init__(self, weights: str | Sequence[float] = "dsn", **dice_ce: float | bool):
+    def __init__(self, weights: str | Sequence[float] = "dsn", **dice_ce: object):
         super().__init__()
         self.weights = weights if isinstance(weights, str) else [float(w) for w in weights]
         self.term = DiceCELoss(**dice_ce)  # type: ignore[arg-type]

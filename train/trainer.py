@@ -30,7 +30,7 @@ from model_zoo.registry import CHECKPOINT_DIR, checkpoint_names, load_model
 from service.options import resolve_options
 from service.sliding_window import sliding_window_inference
 from train.augment import Augmenter
-from train.classes import add_classes, class_names
+from train.classes import add_classes, class_names, dice_class_weights
 from train.config import ANATOMY_SEED_STEP, VALIDATION_PHANTOM_SEED, TrainConfig
 from train.data import (
     CaseSource,
@@ -131,7 +131,7 @@ class Trainer:
             self._initialise_from(config.init_from)
         self.optimizer = _optimizer(config, self.network)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.loss = DeepSupervisionLoss(config.ds_weights)
+        self.loss = DeepSupervisionLoss(config.ds_weights, class_weights=dice_class_weights(config.classes))
         self.augmenter = Augmenter(config.augment)
         self.generator = torch.Generator().manual_seed(config.seed)  # patches and augmentation
         self.history: list[EpochRecord] = []

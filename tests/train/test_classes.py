@@ -12,9 +12,16 @@ from model_zoo.registry import load_model
 from service.options import resolve_options
 from service.pipeline import segment
 from tests.train.conftest import TINY, tiny_config
-from train.classes import add_classes, channel_def, class_names, organ_classes, soft_targets
+from train.classes import (
+    add_classes,
+    channel_def,
+    class_names,
+    dice_class_weights,
+    organ_classes,
+    soft_targets,
+)
 from train.data import PatchSampler
-from train.losses import DeepSupervisionLoss
+from train.losses import DeepSupervisionLoss, soft_dice
 from train.organ_leaks import PHANTOM_GROUPS, TOTALSEGMENTATOR_CLASSES, TOTALSEGMENTATOR_GROUPS
 from train.phantoms import AORTA, GAS, HEART_LV, LIVER, MYOCARDIUM, SPLEEN
 from train.trainer import Trainer
@@ -103,3 +110,22 @@ def test_a_multi_class_run_grown_from_a_liver_model_is_served_as_a_liver_model(t
     image.SetSpacing((6.0, 6.0, 6.0))
     result = segment(image, model, resolve_options(model.card))
     assert result.mask.GetSize() == image.GetSize()  # the liver channel, on the input grid
+
+
+def test_under_organs_the_liver_weighs_as_much_as_its_neighbours_in_the_dice():
+    weights = dice_class_weights("organs")
+    assert weights == [7.0, 1, 1, 1, 1, 1, 1, 1] and dice_class_weights("liver") is None
+    liver = torch.zeros(1, 8, 8, 8)
+    liver[:, :4] = 1.0
+    organs = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    organs[:, 4:6] = 2
+    target = soft_targets(liver, organs, 9)
+    # right everywhere but the heart: the weighted Dice misses it by 1/14, the plain mean by 1/8
+    guess = target.clone()
+    guess[:, 0] += guess[:, 2]
+    guess[:, 2] = 0
+    plain = float(soft_dice(guess, target))
+    weighted = float(soft_dice(guess, target, class_weights=weights))
+    assert weighted == pytest.approx(1 - 1 / 14, abs=1e-3) and plain == pytest.approx(1 - 1 / 8, abs=1e-3)
+    with pytest.raises(ValueError, match="2 class weights for 8 classes"):
+        soft_dice(guess, target, class_weights=[1.0, 1.0])
