@@ -11,6 +11,7 @@ Every inference option is resolved here, once, by `resolve_options`, with one pr
 | air windows skipped below | | `LIVERSEG_SKIP_AIR_HU` | `skip_air_hu` |
 | UNet++ depth | `depth` | | `unetpp_depth` |
 | mirroring (TTA) | `tta` turns it on | | `mirror_axes` says over which axes |
+| ROI inference (only the windows that can hold liver) | `roi=false` turns it off | | |
 | blending | | | `mode`, `sigma_scale` |
 | low-confidence line, review fraction | | `LIVERSEG_LOW_CONFIDENCE`, `LIVERSEG_CONFIDENCE_REVIEW_THRESHOLD` | |
 | cost limits | | `LIVERSEG_MAX_MODEL_GRID_VOXELS`, `LIVERSEG_MAX_WINDOWS` | |
@@ -52,6 +53,10 @@ class SegmentParams(BaseModel):
     tta: bool = Field(False, description="Mirror test-time augmentation (slower, slightly better).")
     overlap: float | None = Field(None, ge=0.0, le=0.9, description="Window overlap; default from the settings, else the card.")
     depth: int | None = Field(None, ge=1, le=4, description="UNet++ only: prune to depth L for speed.")
+    roi: bool = Field(
+        True, description="Run the network only where the liver can be (same mask, Dice >= 0.999); "
+        "false runs every window, for comparison.",
+    )
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class InferenceOptions:
     mode: str = _CARD_DEFAULTS.mode
     sigma_scale: float = _CARD_DEFAULTS.sigma_scale
     depth: int | None = None
+    roi: bool = True  # only the windows that can hold liver (service.sliding_window.RegionOfInterest)
     batch_size: int = _CARD_DEFAULTS.window_batch_size
     skip_air_hu: float | None = _CARD_DEFAULTS.skip_air_hu
     window_device: str = "cpu"
@@ -82,7 +88,8 @@ class InferenceOptions:
     def reported(self) -> dict[str, float | int | bool | str | None]:
         """The values the summary reports as `options`: what ran, not what was asked."""
         return {
-            "tta": self.tta, "overlap": self.overlap, "depth": self.depth, "batch_size": self.batch_size,
+            "tta": self.tta, "overlap": self.overlap, "depth": self.depth, "roi": self.roi,
+            "batch_size": self.batch_size,
             "skip_air_hu": self.skip_air_hu, "mode": self.mode, "sigma_scale": self.sigma_scale,
         }
 
@@ -114,6 +121,7 @@ def resolve_options(
         mode=card_says.mode,
         sigma_scale=card_says.sigma_scale,
         depth=_first(request.depth, card_says.unetpp_depth),
+        roi=request.roi,
         batch_size=_first(operator.window_batch_size, card_says.window_batch_size),
         skip_air_hu=_first(operator.skip_air_hu, card_says.skip_air_hu),
         confidence_map=request.confidence or request.output == "confidence",

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     model: str = Field("unet3d_ds.phantom_4mm", description="Default model (registry name).")
     model_dir: Path | None = Field(None, description="Checkpoint folder; default: the bundled model_zoo/checkpoints.")
     device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:N'.")
+    backend: Literal["auto", "openvino", "torch"] = Field(
+        "auto", description="What runs the network on the CPU: 'auto' and 'openvino' use OpenVINO, falling back to "
+        "PyTorch (with a logged reason) where it is missing or fails; 'torch' is PyTorch. CUDA always runs PyTorch.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated keys; empty means no authentication."
     )
