@@ -22,6 +22,7 @@ from torch import nn
 
 from model_zoo.architectures import create_network
 from model_zoo.atomic_write import write_atomically
+from model_zoo.backends import Runtime, TorchRuntime, make_runtime
 from model_zoo.card import Calibration, ModelCard
 from model_zoo.lookup import UnknownNameError
 
@@ -41,10 +42,16 @@ class IncompatibleWeights(ValueError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A network ready for inference (eval mode, on its device) and the card it was built from."""
+    """A network ready for inference (eval mode, on its device), the card it was built from, and
+    the runtime that runs its forward pass (model_zoo.backends; eager PyTorch unless given)."""
 
     network: nn.Module
     card: ModelCard
+    runtime: Runtime | None = None
+
+    def __post_init__(self) -> None:
+        if self.runtime is None:
+            object.__setattr__(self, "runtime", TorchRuntime(self.network))
 
 
 def _directory(directory: str | os.PathLike[str] | None) -> Path:
@@ -154,8 +161,13 @@ def load_model(
     name: str,
     directory: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
+    backend: str = "torch",
 ) -> LoadedModel:
     """Build checkpoint `name`'s network, load its verified weights strictly, in eval mode on `device`.
+
+    `backend` ("auto", "openvino", "torch": model_zoo.backends.make_runtime) picks what runs its
+    forward pass; an OpenVINO runtime is compiled here for every window batch of 1 up to the
+    card's `window_batch_size`, so that no request waits for it.
 
     Raises UnknownNameError, ChecksumMismatch (checked before the weights are parsed),
     IncompatibleWeights (the card's arch_kwargs do not fit the weights), FileNotFoundError.
@@ -167,8 +179,13 @@ def load_model(
     _check_fits(network, state, card, str(path))
     network.load_state_dict(state, strict=True)
     network.to(device).eval()
-    logger.info("loaded checkpoint %s (%s) on %s", card.name, path, device)
-    return LoadedModel(network=network, card=card)
+    patch = tuple(card.input.patch_size_dhw)
+    shapes = [(b, card.arch_kwargs.get("in_channels", 1), *patch)
+              for b in range(1, card.inference.window_batch_size + 1)]
+    runtime = make_runtime(network, backend, device, warm_shapes=shapes if backend != "torch" else (),
+                           cache_key=f"{card.name}:{card.weights_sha256}")
+    logger.info("loaded checkpoint %s (%s) on %s, %s", card.name, path, device, runtime.name)
+    return LoadedModel(network=network, card=card, runtime=runtime)
 
 
 def save_checkpoint(

@@ -36,7 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The store first: a damaged database stops startup before any thread runs, so the
         # process exits instead of hanging on the worker's thread.
         store = JobStore(settings.data_dir)
-        worker = InferenceWorker(device=settings.device, queue_size=settings.queue_size, model_dir=settings.model_dir)
+        worker = InferenceWorker(device=settings.device, queue_size=settings.queue_size, model_dir=settings.model_dir,
+                                 backend=settings.backend)
         try:
             worker.start(warm=[settings.model])
         except Exception:  # serve /healthz and other models; /readyz says why not ready

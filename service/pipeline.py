@@ -38,9 +38,11 @@ from service.confidence import ConfidenceSummary, confidence_map, summarise_conf
 from service.errors import InvalidOption, TooLarge
 from service.options import InferenceOptions, check_options
 from service.plausibility import Finding, component_volumes_ml, plausibility_findings
-from service.sliding_window import sliding_window_inference, window_starts
+from service.sliding_window import RegionOfInterest, sliding_window_inference, window_starts
 
 Progress = Callable[[float], None]
+# The predictor gives the liver alone (channel 0): the windows whose central part holds liver run.
+LIVER_ROI = RegionOfInterest(channel=0, threshold=0.5)
 
 
 @dataclass
@@ -131,24 +133,21 @@ def predict_probabilities(
     """The liver's softmax probability from the main output and from every deep-supervision head.
 
     Only the liver channel is blended: a network that also learnt the liver's neighbours (the
-    card's channel_def) costs the engine no more memory than a two-class one.
+    card's channel_def) costs the engine no more memory than a two-class one. With `options.roi`
+    only the windows that can hold liver run (`LIVER_ROI`); every output, the heads that the
+    confidence map comes from included, is blended from those same windows, and is 0 elsewhere.
+    The model's runtime (PyTorch or OpenVINO, model_zoo.backends) runs each window batch.
 
     Returns:
         ([(1, D, H, W) float32 per output, main first], windows_total, windows_skipped), all on
-        the model grid.
+        the model grid; windows_skipped counts every window not sent to the network.
     """
     card = model.card
-    forward_kwargs: dict[str, object] = {"deep_supervision": True}
-    if options.depth is not None:
-        forward_kwargs["depth"] = options.depth
-
-    network = model.network
+    runtime, depth = model.runtime, options.depth
     liver = slice(card.liver_channel, card.liver_channel + 1)
 
     def predictor(window: torch.Tensor) -> list[torch.Tensor]:
-        outputs = network(window, **forward_kwargs)
-        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
-        return [torch.softmax(o.float(), dim=1)[:, liver] for o in outputs]
+        return [torch.softmax(o.float(), dim=1)[:, liver] for o in runtime(window, depth)]
 
     skip_below = None
     if options.skip_air_hu is not None:
@@ -168,6 +167,7 @@ def predict_probabilities(
         mirror_axes=options.mirror_axes if options.tta else (),
         skip_below=skip_below,
         pad_value=hu_to_input_units(AIR_HU, card.input),  # beyond the scan is air, in any normalisation
+        roi=LIVER_ROI if options.roi else None,
         progress=None if progress is None else (lambda done, total: progress(done / max(total, 1))),
     )
     outputs = [result.main, *result.heads]

@@ -36,6 +36,7 @@ from torch import Tensor
 
 __all__ = [
     "NonFiniteLogitsError",
+    "RegionOfInterest",
     "SlidingWindowResult",
     "importance_map",
     "sliding_window_inference",
@@ -188,6 +189,135 @@ class _Forward:
         return outs
 
 
+@dataclass(frozen=True)
+class RegionOfInterest:
+    """Which windows ROI inference runs: those whose central part holds the object (see `_run_roi`).
+
+    channel: the output channel (of the main output) that marks the object, e.g. liver probability.
+    threshold: a voxel holds the object where that channel's blend exceeds this.
+    inset: the window's central part is the window less this fraction of the patch on each side.
+        0 runs every window that meets the object (the blend there is exact); 0.2 (for a 48-voxel
+        patch, 10 voxels) leaves out windows that see the object only near their border, where
+        the Gaussian weight is small: on held-out phantoms and the CT-sized one the mask kept a
+        Dice >= 0.9995 against every window at 0.58-0.75 of the windows (0.1: 0.9999, 0.70-0.94).
+    first_look_every: the first look runs every this-many-th window start along each axis (and
+        the last), so that the gaps it leaves are at most (every - 2) window steps wide.
+    """
+
+    channel: int = 0
+    threshold: float = 0.5
+    inset: float = 0.2
+    first_look_every: int = 3
+
+
+class _Blend:
+    """Weighted sums of the outputs of the windows run so far, and the sum of their weights."""
+
+    def __init__(self, image: Tensor, patch: Triple, windows: list[tuple[int, Triple]], weights: Tensor,
+                 forward: _Forward, batch_size: int, output_device: torch.device,
+                 output_dtype: torch.dtype, skip: list[bool],
+                 progress: Callable[[int, int], None] | None):
+        self.image, self.patch, self.windows, self.weights = image, patch, windows, weights
+        self.forward, self.skip, self.progress = forward, skip, progress
+        self.output_device, self.output_dtype = output_device, output_dtype
+        # (N, 1, D, H, W): per image, as the ROI may run different windows in each
+        self.weight_sum = torch.zeros((image.shape[0], 1, *image.shape[2:]), dtype=torch.float32,
+                                      device=output_device)
+        self.sums: list[Tensor] = []  # [main, head1, ...], each (N, C, *padded)
+        self.constant: dict[int, list[Tensor]] = {}  # image index -> outputs for a constant patch
+        self.done: set[int] = set()
+        self.n_predicted = 0
+        # One reused buffer for the windows of a batch: no torch.cat and no new allocation per batch.
+        self.batch = torch.empty((max(min(batch_size, len(windows)), 1), image.shape[1], *patch),
+                                 dtype=image.dtype, device=image.device)
+
+    def _box(self, start: Triple) -> tuple[slice, slice, slice]:
+        return tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))  # type: ignore[return-value]
+
+    def _add(self, outs: list[Tensor], where: list[tuple[int, Triple]]) -> None:
+        if not self.sums:
+            n_images, padded = self.image.shape[0], self.image.shape[2:]
+            self.sums = [torch.zeros((n_images, out.shape[1], *padded), dtype=self.output_dtype,
+                                     device=self.output_device) for out in outs]
+        for out, acc in zip(outs, self.sums, strict=True):
+            out = out.to(self.output_device)
+            for i, (n, start) in enumerate(where):
+                # weight and add in one pass (MONAI multiplies the batch, then adds: two passes)
+                acc[(n, slice(None), *self._box(start))].addcmul_(out[i], self.weights)
+
+    def run(self, indices: list[int]) -> None:
+        """Predict the windows `indices` (in order; air ones by the constant output) and add them."""
+        pending: list[tuple[int, Triple]] = []
+
+        def flush() -> None:
+            count = len(pending)
+            self._add(self.forward(self.batch[:count].to(self.forward.device)), pending)
+            self.n_predicted += count
+            pending.clear()
+            self._report()
+
+        for index in indices:
+            n, start = self.windows[index]
+            self.done.add(index)
+            self.weight_sum[(n, 0, *self._box(start))] += self.weights
+            if self.skip[index]:
+                if n not in self.constant:
+                    floor = self.image[n].amin().item()
+                    const = torch.full((1, self.image.shape[1], *self.patch), floor,
+                                       dtype=self.image.dtype, device=self.forward.device)
+                    self.constant[n] = self.forward(const)
+                self._add(self.constant[n], [(n, start)])
+                continue
+            self.batch[len(pending)].copy_(self.image[(n, slice(None), *self._box(start))])
+            pending.append((n, start))
+            if len(pending) == self.batch.shape[0]:
+                flush()
+        if pending:
+            flush()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(len(self.done), len(self.windows))
+
+    def main_channel(self, channel: int) -> Tensor:
+        """(N, D, H, W) blend of one main-output channel over the windows run so far; 0 where none ran."""
+        return self.sums[0][:, channel].float() / self.weight_sum[:, 0].clamp(min=1e-12)
+
+    def outputs(self) -> list[Tensor]:
+        """The blended outputs, normalised in place (the sums are consumed); 0 where no window ran."""
+        self.weight_sum.clamp_(min=1e-12)  # the weights' floor is 1e-3: only windows never run
+        for acc in self.sums:
+            acc.div_(self.weight_sum)
+        return self.sums
+
+
+def _run_roi(blend: _Blend, starts: tuple[Triple, ...], roi: RegionOfInterest) -> None:
+    """Run the windows that can hold the object: a first look, then grow until nothing is missing.
+
+    The first look is every `first_look_every`-th window of the grid along each axis. Then, until
+    no window is added: every window whose central part holds an object voxel (the blend of the
+    windows run so far above the threshold) runs. An object that reaches the border of what has
+    run pulls in the windows beyond it, so it is never cut off; where the first look finds
+    nothing, every window runs (the full grid decides that there is no object).
+    """
+    per_axis = [sorted({s[a] for s in starts}) for a in range(3)]
+    chosen = [set(axis[::roi.first_look_every]) | {axis[-1]} for axis in per_axis]
+    first = [i for i, (_, s) in enumerate(blend.windows) if all(s[a] in chosen[a] for a in range(3))]
+    blend.run(first)
+    inset = [int(round(roi.inset * p)) for p in blend.patch]
+    core = [slice(i, p - i) for i, p in zip(inset, blend.patch, strict=True)]
+    while True:
+        found = blend.main_channel(roi.channel) > roi.threshold  # (N, D, H, W)
+        if not found.any() and len(blend.done) == len(first):
+            new = [i for i in range(len(blend.windows)) if i not in blend.done]
+        else:
+            new = [i for i, (n, s) in enumerate(blend.windows) if i not in blend.done and bool(
+                found[(n, *(slice(z + c.start, z + c.stop) for z, c in zip(s, core, strict=True)))].any())]
+        if not new:
+            return
+        blend.run(new)
+
+
 @torch.inference_mode()
 def sliding_window_inference(
     image: Tensor,
@@ -206,6 +336,7 @@ def sliding_window_inference(
     skip_below: float | None = None,
     pad_value: float = 0.0,
     autocast: bool = True,
+    roi: RegionOfInterest | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SlidingWindowResult:
     """Blend the predictor's output over overlapping windows of `image` (MONAI's grid and weights).
@@ -235,11 +366,13 @@ def sliding_window_inference(
             window's lower bound). None: predict every window.
         pad_value: constant used to pad axes shorter than the patch.
         autocast: on CUDA, run the predictor under bf16 (fp16 if no bf16) autocast; ignored on CPU.
+        roi: run only the windows that can hold the object (`RegionOfInterest`); every output is
+            blended from those windows alone and is 0 where none ran. None: every window.
         progress: called as progress(windows_done, windows_total) after each batch.
 
     Returns:
         SlidingWindowResult with main (N, C, D, H, W), heads (each (N, C, D, H, W)),
-        windows_total and windows_skipped.
+        windows_total and windows_skipped (not sent to the network: air, or outside the ROI).
 
     Raises:
         ValueError: malformed arguments or predictor outputs of the wrong shape.
@@ -273,73 +406,28 @@ def sliding_window_inference(
     padded: Triple = tuple(image.shape[2:])  # type: ignore[assignment]
     starts = window_starts(padded, patch, overlaps)
 
-    # Sum of weights over the grid, float32: every window counts, skipped or not.
-    weights = importance_map(patch, mode, sigmas, str(output_dev))
-    weight_sum = torch.zeros(padded, dtype=torch.float32, device=output_dev)
-    for z, y, x in starts:
-        weight_sum[z:z + patch[0], y:y + patch[1], x:x + patch[2]] += weights
-
     windows = [(n, s) for n in range(n_images) for s in starts]
     skip = [False] * len(windows)
     if skip_below is not None:
         maxima = torch.stack([image[n, :, z:z + patch[0], y:y + patch[1], x:x + patch[2]].amax()
                               for n, (z, y, x) in windows])
         skip = (maxima <= skip_below).tolist()
-    total, n_skipped = len(windows), sum(skip)
 
+    weights = importance_map(patch, mode, sigmas, str(output_dev))
     forward = _Forward(predictor, patch, heads, mirror_axes, window_dev, autocast)
-    sums: list[Tensor] = []  # weighted sums: [main, head1, ...], each (N, C, *padded)
-    constant: dict[int, list[Tensor]] = {}  # image index -> outputs for a constant patch
-
-    def add(outs: list[Tensor], where: list[tuple[int, Triple]]) -> None:
-        if not sums:
-            for out in outs:
-                sums.append(torch.zeros((n_images, out.shape[1], *padded), dtype=output_dtype,
-                                        device=output_dev))
-        for out, acc in zip(outs, sums, strict=True):
-            out = out.to(output_dev)
-            for i, (n, (z, y, x)) in enumerate(where):
-                # weight and add in one pass (MONAI multiplies the batch, then adds: two passes)
-                acc[n, :, z:z + patch[0], y:y + patch[1], x:x + patch[2]].addcmul_(out[i], weights)
-
-    # One reused buffer for the windows of a batch: no torch.cat and no new allocation per batch.
-    batch = torch.empty((max(min(batch_size, total - n_skipped), 1), image.shape[1], *patch),
-                        dtype=image.dtype, device=image.device)
-    pending: list[tuple[int, Triple]] = []
-    done = 0
-
-    def flush() -> None:
-        nonlocal done
-        count = len(pending)
-        add(forward(batch[:count].to(window_dev)), pending)
-        done += count
-        pending.clear()
-        if progress is not None:
-            progress(done, total)
-
-    for (n, (z, y, x)), is_air in zip(windows, skip, strict=True):
-        if is_air:
-            if n not in constant:
-                floor = image[n].amin().item()
-                const = torch.full((1, image.shape[1], *patch), floor, dtype=image.dtype,
-                                   device=window_dev)
-                constant[n] = forward(const)
-            add(constant[n], [(n, (z, y, x))])
-            done += 1
-            continue
-        batch[len(pending)].copy_(image[n, :, z:z + patch[0], y:y + patch[1], x:x + patch[2]])
-        pending.append((n, (z, y, x)))
-        if len(pending) == batch.shape[0]:
-            flush()
-    if pending:
-        flush()
-    if progress is not None and skip[-1]:
-        progress(done, total)  # the last windows were skipped: no flush reported them
+    blend = _Blend(image, patch, windows, weights, forward, batch_size, output_dev, output_dtype, skip,
+                   progress)
+    if roi is None:
+        blend.run(list(range(len(windows))))
+    else:
+        _run_roi(blend, starts, roi)
+    if progress is not None:
+        progress(len(windows), len(windows))  # the windows left out by the ROI count as done
 
     crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pads, size, strict=True))
     results = []
+    sums = blend.outputs()
     for acc, name in zip(sums, ["main"] + [f"head {i}" for i in range(1, len(sums))], strict=True):
-        acc.div_(weight_sum)
         # min and max propagate NaN and show inf: one pass, no full-size boolean temporary
         if not bool(torch.isfinite(torch.stack(torch.aminmax(acc))).all()):
             bad = int((~torch.isfinite(acc)).sum())
@@ -349,6 +437,8 @@ def sliding_window_inference(
                 f"{bad} voxels of the {name} output are inf/NaN: the predictor returned non-finite "
                 f"values{hint}; check the model's weights and the input's normalisation")
         results.append(acc[(slice(None), slice(None), *crop)].contiguous() if any(pads) else acc)
-    logger.debug("sliding window: %d windows, %d skipped, patch %s, grid %s", total, n_skipped,
-                 patch, padded)
+    total, run = len(windows), len(blend.done)
+    n_skipped = total - blend.n_predicted
+    logger.debug("sliding window: %d windows, %d run, %d predicted, patch %s, grid %s", total, run,
+                 blend.n_predicted, patch, padded)
     return SlidingWindowResult(results[0], results[1:], total, n_skipped)

@@ -60,9 +60,11 @@ class WorkerResult:
 class InferenceWorker:
     """Runs segmentations one at a time on one device, from a bounded queue."""
 
-    def __init__(self, *, device: str = "auto", queue_size: int = 8, model_dir: Path | None = None):
+    def __init__(self, *, device: str = "auto", queue_size: int = 8, model_dir: Path | None = None,
+                 backend: str = "torch"):
         self.device = resolve_device(device)
         self.model_dir = model_dir
+        self.backend = backend  # what runs the network (model_zoo.backends); CUDA keeps PyTorch
         self._queue: queue.Queue[tuple[Future[WorkerResult], SegmentTask, float] | None] = queue.Queue(queue_size)
         self._models: dict[str, LoadedModel] = {}
         self._thread = threading.Thread(target=self._serve, name=f"liverseg-worker-{self.device}")
@@ -83,17 +85,22 @@ class InferenceWorker:
         if name not in self._models:
             self.check_model(name)
             started = time.perf_counter()
-            self._models[name] = load_model(name, self.model_dir, device=self.device)
-            log.info("loaded %s on %s in %.2f s", name, self.device, time.perf_counter() - started)
+            self._models[name] = load_model(name, self.model_dir, device=self.device, backend=self.backend)
+            log.info("loaded %s on %s in %.2f s", name, self.device_name(self._models[name]),
+                     time.perf_counter() - started)
         return self._models[name]
 
+    def device_name(self, model: LoadedModel) -> str:
+        """The device and what runs the network on it, as the summary reports it: "cpu (openvino 2026.4.1)"."""
+        return f"{self.device} ({model.runtime.name})"
+
     def start(self, warm: list[str] = ()) -> None:
-        """Load and warm the given models (one forward pass each), then start taking work."""
+        """Load and warm the given models (compiled for each window batch, or one forward pass), then
+        start taking work."""
         for name in warm:
             loaded = self.model(name)
-            patch = loaded.card.input.patch_size_dhw
-            with torch.inference_mode():
-                loaded.network(torch.zeros((1, 1, *patch), device=self.device))
+            shape = (loaded.card.inference.window_batch_size, 1, *loaded.card.input.patch_size_dhw)
+            loaded.runtime.warm([shape])
         self.ready = True
         self._thread.start()
 
@@ -155,7 +162,7 @@ class InferenceWorker:
 
         try:
             result = segment(task.image, loaded, options, progress)
-            return WorkerResult(result, loaded, self.device, False, queued_s)
+            return WorkerResult(result, loaded, self.device_name(loaded), False, queued_s)
         except Cancelled:
             log.info("cancelled a segmentation nobody would collect, after %.1f s", time.perf_counter() - self._started)
             raise
@@ -164,4 +171,4 @@ class InferenceWorker:
             log.warning("CUDA out of memory; retrying with batch 1 and host aggregation")
             torch.cuda.empty_cache()
             result = segment(task.image, loaded, with_fallback(options), progress)
-            return WorkerResult(result, loaded, self.device, True, queued_s)
+            return WorkerResult(result, loaded, self.device_name(loaded), True, queued_s)

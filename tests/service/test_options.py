@@ -123,9 +123,14 @@ def test_the_summary_reports_the_effective_options_not_nulls(checkpoints, tmp_pa
         options = client.post("/segment", params={"output": "json"}, files={"file": ("ct.nii.gz", nifti_bytes(ct))}).json()["options"]
     defaults = InferenceDefaults()
     assert options == {
-        "tta": False, "overlap": defaults.overlap, "depth": None, "batch_size": defaults.window_batch_size,
+        "tta": False, "overlap": defaults.overlap, "depth": None, "roi": True, "batch_size": defaults.window_batch_size,
         "skip_air_hu": defaults.skip_air_hu, "mode": defaults.mode, "sigma_scale": defaults.sigma_scale,
     }
+
+
+def test_roi_is_on_unless_the_request_turns_it_off() -> None:
+    assert resolve_options(card()).roi and resolve_options(card(), SegmentParams()).roi
+    assert not resolve_options(card(), SegmentParams(roi=False)).roi
 
 
 def test_the_operators_cost_limits_reach_the_pipeline(checkpoints, tmp_path) -> None:

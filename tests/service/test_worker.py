@@ -35,7 +35,7 @@ def ct():
 def test_a_task_comes_back_with_its_mask(worker, ct) -> None:
     image, sphere = ct
     result = worker.submit(SegmentTask(image, NAME, InferenceOptions())).result(timeout=60)
-    assert result.device == "cpu" and not result.oom_fallback
+    assert result.device == "cpu (torch)" and not result.oom_fallback
     assert dice(sitk.GetArrayFromImage(result.segmentation.mask), sphere) > 0.9
 
 
