@@ -96,7 +96,7 @@ SEG_REFUSED = (
 )
 
 
-def test_a_seg_is_refused_for_a_series_without_positions(client, phantom, tmp_path) -> None:
+def test_a_seg_or_rtstruct_is_refused_for_a_series_without_positions(client, phantom, tmp_path) -> None:
     files = series_without_positions(phantom, tmp_path / "dicom")
     upload = [("files", (f.name, f.read_bytes())) for f in files]
     refused = client.post("/segment", params={"output": "dicom-seg"}, files=upload)
@@ -104,6 +104,13 @@ def test_a_seg_is_refused_for_a_series_without_positions(client, phantom, tmp_pa
     assert refused.json() == {
         "error": "unsupported_output",
         "detail": SEG_REFUSED.format(whose="this input") + " Ask for output=nifti instead.",
+    }
+    refused = client.post("/segment", params={"output": "rtstruct"}, files=upload)
+    assert refused.status_code == 422
+    assert refused.json() == {
+        "error": "unsupported_output",
+        "detail": "An RT Structure Set, like a DICOM SEG, references its source series: "
+        + SEG_REFUSED.format(whose="this input") + " Ask for output=nifti instead.",
     }
 
 
@@ -113,7 +120,7 @@ def test_a_job_on_a_series_without_positions_has_a_mask_no_seg_and_says_why(clie
     job_id = client.post("/jobs", files=[("files", (f.name, f.read_bytes())) for f in files]).json()["id"]
     job = wait_for_job(client, f"/jobs/{job_id}", timeout=120)
     assert job["state"] == "done"
-    assert "mask" in job["links"] and "seg" not in job["links"]
+    assert "mask" in job["links"] and "seg" not in job["links"] and "rtstruct" not in job["links"]
     warnings = job["summary"]["input"]["warnings"]
     assert STACKED.format(order=BY_NUMBER, step="4", source="SpacingBetweenSlices", orientation="") in warnings
     no_seg = client.get(f"/jobs/{job_id}/seg")
