@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model_zoo.card import InputContract
-from model_zoo.registry import CHECKPOINT_DIR
 from train.augment import AugmentConfig
 from train.classes import class_names
 
@@ -66,7 +65,7 @@ class TrainConfig:
     data_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     device: str = "auto"
     amp: bool = True  # used on CUDA only
-    out_dir: str = str(CHECKPOINT_DIR)
+    out_dir: str = "runs/models"  # as the CLI's default (WORK_DIR/models): never the bundled zoo unless asked
     work_dir: str = "runs"
     command: str = ""
     final_evaluation: bool = True
