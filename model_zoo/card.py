@@ -115,6 +115,7 @@ class Training(_Frozen):
     code_revision: str
     seed: int | None = None
     device: str | None = None
+    distillation: str | None = Field(None, description="the teacher and the term, when one taught the weights")
 
 
 class Calibration(_Frozen):

@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="NAME", default=None,
                    help="fine-tune: start from the weights of checkpoint NAME (in --out's folder, else the "
                         "bundled zoo); a unet3d_ds may be widened to whole multiples of its features (train/widen.py)")
+    p.add_argument("--distill-from", metavar="NAME", default=None,
+                   help="knowledge distillation: add a KL term to checkpoint NAME's liver/background "
+                        "probabilities on each patch (train/distill.py; NAME found as --init-from's)")
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight, metavar="W",
+                   help="weight of the distillation term")
+    p.add_argument("--distill-temperature", type=float, default=d.distill_temperature, metavar="T",
+                   help="softmax temperature of both networks in the distillation term")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs to train")
     p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch, help="optimiser steps per epoch")
     p.add_argument("--batch", dest="batch_size", type=int, default=d.batch_size, help="patches per step")

@@ -70,6 +70,10 @@ class TrainConfig:
     command: str = ""
     final_evaluation: bool = True
     init_from: str | None = None  # start from this checkpoint's weights (a name in out_dir)
+    # knowledge distillation (train.distill): a teacher checkpoint, found as init_from's is
+    distill_from: str | None = None
+    distill_weight: float = 1.0
+    distill_temperature: float = 2.0
 
     @property
     def anatomies(self) -> tuple[int, ...]:

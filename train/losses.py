@@ -97,13 +97,14 @@ def parse_ds_weights(text: str) -> str | list[float]:
 def aux_weight_factor(epoch: int, epochs: int, decay: str | float = "none") -> float:
     """Factor a_t on the auxiliary heads' weights at `epoch` (0-based) of `epochs`.
 
-    "none": 1. "linear": Lee et al.'s DSN schedule a_t = 1 - t/T, reaching 0 at the end.
+    "none": 1. "linear": Lee et al.'s DSN schedule a_t = 1 - t/(T-1): 1 in the first epoch and 0
+    in the last, so the run ends training the main output alone (a one-epoch run keeps 1).
     A float g in (0, 1]: exponential, a_t = g ** t.
     """
     if decay == "none":
         return 1.0
     if decay == "linear":
-        return max(0.0, 1.0 - epoch / max(epochs, 1))
+        return max(0.0, 1.0 - epoch / max(epochs - 1, 1))
     if isinstance(decay, str):
         try:
             decay = float(decay)

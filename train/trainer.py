@@ -41,6 +41,7 @@ from train.data import (
     prepare_cases,
     split_cases,
 )
+from train.distill import Distiller
 from train.export import build_card, code_revision, export, input_grid_metrics, model_grid_metrics
 from train.losses import DeepSupervisionLoss, aux_weight_factor
 from train.metrics import dice
@@ -133,6 +134,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.loss = DeepSupervisionLoss(config.ds_weights, class_weights=dice_class_weights(config.classes))
         self.augmenter = Augmenter(config.augment)
+        self.distiller = None
+        if config.distill_from:  # the teacher is found as --init-from's checkpoint is
+            teacher = load_model(config.distill_from, init_folder(config.distill_from, config.out_dir),
+                                 device=self.device)
+            self.distiller = Distiller(teacher, self.contract, student_liver=class_names(config.classes).index("liver"),
+                                       weight=config.distill_weight, temperature=config.distill_temperature,
+                                       amp=self.amp)
         self.generator = torch.Generator().manual_seed(config.seed)  # patches and augmentation
         self.history: list[EpochRecord] = []
         self.seconds_before = 0.0  # training time of earlier sessions of a resumed run
@@ -208,6 +216,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 outputs = self.network(image, deep_supervision=config.deep_supervision)
             loss = self.loss(outputs, label, aux)
+            if self.distiller is not None:  # the teacher sees the same augmented patch
+                loss = loss + self.distiller(outputs, image)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -309,6 +319,7 @@ class Trainer:
             code_revision=self.code_revision,
             seed=config.seed,
             device=str(self.device),
+            distillation=self.distiller.describe() if self.distiller else None,
         )
         return build_card(config, training, metrics)
 

@@ -66,7 +66,9 @@ def test_weights_refuse_bad_input():
 
 def test_aux_decay_schedules():
     assert aux_weight_factor(5, 10, "none") == 1.0
-    assert [aux_weight_factor(t, 4, "linear") for t in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    # Lee et al.: the companion losses vanish, so the last epoch (t = 3 of 4) trains the main output alone
+    assert [aux_weight_factor(t, 4, "linear") for t in range(4)] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
+    assert aux_weight_factor(0, 1, "linear") == 1.0
     assert aux_weight_factor(3, 10, "0.5") == pytest.approx(0.125)
     with pytest.raises(ValueError, match="unknown --ds-decay 'cosine'"):
         aux_weight_factor(1, 10, "cosine")
