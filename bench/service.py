@@ -66,6 +66,17 @@ def start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]
     raise SystemExit(f"the server was not ready in 300 s:\n{log.read_text()[-2000:]}")
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """The server's peak resident set size so far (VmHWM), in MB; None where /proc cannot tell."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def segment(url: str, data: bytes) -> dict:
     """One POST /segment?output=json; the summary plus the client's wall time."""
     started = time.perf_counter()
@@ -81,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=Settings().model, help="checkpoint name (default: the bundled one)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--backend", default="auto", choices=["auto", "openvino", "torch"],
+                        help="LIVERSEG_BACKEND: what runs the network on the CPU")
     parser.add_argument("--repeats", type=int, default=3, help="sequential requests (median)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
     parser.add_argument("--requests-per-client", type=int, default=2)
@@ -96,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         folder = Path(tmp)
         sitk.WriteImage(ct, str(folder / "ct.nii.gz"), useCompression=True)
         data = (folder / "ct.nii.gz").read_bytes()
-        env = {"LIVERSEG_MODEL": args.model, "LIVERSEG_DEVICE": args.device,
+        env = {"LIVERSEG_MODEL": args.model, "LIVERSEG_DEVICE": args.device, "LIVERSEG_BACKEND": args.backend,
                "LIVERSEG_DATA_DIR": str(folder / "var"), "LIVERSEG_LOG_LEVEL": "warning",
                "LIVERSEG_QUEUE_SIZE": str(max(8, 2 * args.clients))}
         process, url = start_server(env, folder / "server.log")
@@ -108,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                 concurrent = list(pool.map(lambda _: segment(url, data),
                                            range(args.clients * args.requests_per_client)))
             concurrent_wall = time.perf_counter() - started
+            server_peak_rss_mb = peak_rss_mb(process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(60)
@@ -116,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     latencies = [r["client_wall_s"] for r in concurrent]
     report = {
         "device": describe_device(args.device) if args.device == "cpu" else first["device"],
+        "served_on": first["device"],  # the device and the runtime that ran the network
+        "server_peak_rss_mb": server_peak_rss_mb,
         "torch": torch.__version__,
         "model": first["model"],
         "volume": {"size_xyz": list(ct.GetSize()), "spacing_xyz_mm": list(ct.GetSpacing()),
@@ -137,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(report, indent=2))
         return
     v, c = report["volume"], report["concurrent"]
-    print(f"POST /segment end to end: {report['model']} on {report['device']} (torch {report['torch']}, "
+    print(f"POST /segment end to end: {report['model']} on {report['device']}, served on {report['served_on']} "
+          f"(peak RSS of the server {report['server_peak_rss_mb']} MB; torch {report['torch']}, "
           f"load average {report['load_average_1min']:.1f} at the end)")
     print(f"CT {v['size_xyz']} (x,y,z) at {v['spacing_xyz_mm']} mm, {v['upload_mb']} MB upload; "
           f"liver found {report['liver_volume_ml']:.0f} mL (the phantom's: {report['true_liver_volume_ml']:.0f} mL)\n")
