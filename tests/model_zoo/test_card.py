@@ -49,6 +49,7 @@ FULL_CARD = {
         "code_revision": "1ae9e99",
         "seed": 7,
         "device": "cuda",
+        "distillation": "knowledge distillation from unet3d_ds.phantom_4mm (train/distill.py)",
     },
     "metrics": {"dice_phantoms": 0.9312345678901234, "confidence_auroc": 0.87},
     "confidence": "1 - mean absolute difference between each head's liver probability and the main output's.",
