@@ -163,7 +163,7 @@ def predict_probabilities(
         sigma_scale=options.sigma_scale,
         window_device=torch.device(options.window_device),
         output_device=torch.device(options.output_device or options.window_device),
-        heads=True,
+        heads=depth != 1,  # a UNet++ pruned to depth 1 has its one head on X0,1 and no other
         mirror_axes=options.mirror_axes if options.tta else (),
         skip_below=skip_below,
         pad_value=hu_to_input_units(AIR_HU, card.input),  # beyond the scan is air, in any normalisation
