@@ -101,6 +101,11 @@ class OpenVinoRuntime:
                 model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
         return self._compiled[key]
 
+    @property
+    def compiled_shapes(self) -> list[tuple[int, ...]]:
+        """Input shapes compiled so far (any depth)."""
+        return sorted({shape for shape, _ in self._compiled})
+
     def __call__(self, batch: Tensor, depth: int | None = None) -> list[Tensor]:
         compiled = self._compiled_for(tuple(batch.shape), depth)
         results = compiled(batch.detach().to("cpu", torch.float32).contiguous().numpy())

@@ -1,0 +1,85 @@
+"""The runtimes: OpenVINO gives PyTorch's logits, is compiled per window batch at warm-up, and
+PyTorch takes over, saying why, when OpenVINO is missing or fails."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+import torch
+
+from model_zoo import create_network
+from model_zoo.backends import OpenVinoRuntime, TorchRuntime, make_runtime
+
+pytest.importorskip("openvino", reason="OpenVINO is a core dependency: pip install -e .")
+
+SHAPES = [(1, 1, 32, 32, 32), (3, 1, 32, 32, 32)]
+
+
+@pytest.fixture(scope="module")
+def network() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_network("unet3d_ds", features=[4, 8, 16]).eval()
+
+
+@pytest.fixture(scope="module")
+def openvino_runtime(network) -> OpenVinoRuntime:
+    runtime = make_runtime(network, "auto", "cpu", warm_shapes=SHAPES)
+    assert isinstance(runtime, OpenVinoRuntime), runtime.fallback_reason
+    return runtime
+
+
+def test_openvino_gives_pytorchs_logits_for_every_output(network, openvino_runtime) -> None:
+    batch = torch.rand((3, 1, 32, 32, 32), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        reference = TorchRuntime(network)(batch)
+    got = openvino_runtime(batch)
+    assert len(got) == len(reference) == len(network.heads)
+    for ours, theirs in zip(got, reference, strict=True):
+        assert ours.shape == theirs.shape and ours.dtype == torch.float32
+        assert (ours - theirs).abs().max().item() <= 1e-3
+
+
+def test_each_window_batch_is_compiled_at_warm_up(openvino_runtime) -> None:
+    assert set(SHAPES) <= set(openvino_runtime.compiled_shapes)
+    assert openvino_runtime.name.startswith("openvino ")
+
+
+def test_missing_openvino_falls_back_to_pytorch_and_says_why(network, monkeypatch, caplog) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with caplog.at_level(logging.WARNING, logger="model_zoo.backends"):
+        runtime = make_runtime(network, "openvino", "cpu")
+    assert isinstance(runtime, TorchRuntime) and runtime.name == "torch"
+    assert "not installed" in runtime.fallback_reason
+    assert "not installed" in caplog.text
+
+
+def test_a_network_openvino_cannot_compile_falls_back_to_pytorch(network, monkeypatch, caplog) -> None:
+    def refuse(self, shape, depth):
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(OpenVinoRuntime, "_compiled_for", refuse)
+    with caplog.at_level(logging.WARNING, logger="model_zoo.backends"):
+        runtime = make_runtime(network, "auto", "cpu", warm_shapes=SHAPES)
+    assert isinstance(runtime, TorchRuntime)
+    assert "could not convert or compile" in runtime.fallback_reason and "unsupported operation" in caplog.text
+
+
+@pytest.mark.parametrize("backend, device", [("torch", "cpu"), ("auto", "cuda"), ("openvino", "cuda:1")])
+def test_pytorch_runs_when_asked_and_on_cuda(network, backend, device) -> None:
+    runtime = make_runtime(network, backend, device)  # nothing runs: no GPU needed
+    assert isinstance(runtime, TorchRuntime) and runtime.fallback_reason is None
+
+
+def test_an_unknown_backend_is_refused(network) -> None:
+    with pytest.raises(ValueError, match="auto, openvino, torch"):
+        make_runtime(network, "tensorrt")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_pytorch_runs_on_the_gpu(network) -> None:
+    runtime = make_runtime(network.cuda(), "auto", "cuda", warm_shapes=SHAPES[:1])
+    outputs = runtime(torch.zeros(SHAPES[0], device="cuda"))
+    assert runtime.name == "torch" and outputs[0].device.type == "cuda"
+    network.cpu()
