@@ -14,7 +14,9 @@ the work around the network:
 - the normalising weight map is built from the grid alone, once per call, in float32, while the
   weighted sums may live in float16 (`output_dtype`) to halve the large C-channel buffer;
 - non-finite values are detected with one pass over the result (as nnU-Net), not per batch, so
-  a CUDA run never stops to synchronise for the check.
+  a CUDA run never stops to synchronise for the check;
+- with `roi`, only the windows that can hold the object run (`RegionOfInterest`): a first look
+  on a sparse subset of the grid, then the windows around what was found, until it stops growing.
 
 The engine never catches out-of-memory errors: the worker does, and retries with a smaller
 `batch_size` and `output_device="cpu"`.
@@ -196,10 +198,11 @@ class RegionOfInterest:
     channel: the output channel (of the main output) that marks the object, e.g. liver probability.
     threshold: a voxel holds the object where that channel's blend exceeds this.
     inset: the window's central part is the window less this fraction of the patch on each side.
-        0 runs every window that meets the object (the blend there is exact); 0.2 (for a 48-voxel
-        patch, 10 voxels) leaves out windows that see the object only near their border, where
-        the Gaussian weight is small: on held-out phantoms and the CT-sized one the mask kept a
-        Dice >= 0.9995 against every window at 0.58-0.75 of the windows (0.1: 0.9999, 0.70-0.94).
+        0 runs every window that meets the object (the blend there is exact, but on a CT nearly
+        every window meets the liver); 0.2 (10 voxels of a 48-voxel patch) leaves out windows
+        that see it only near their border, where the Gaussian weight is small. Measured with the
+        bundled model on six held-out phantoms and the CT-sized one: Dice >= 0.9995 against every
+        window, running 56-89 % of the windows (6 voxels: Dice >= 0.99998 at 73-100 %).
     first_look_every: the first look runs every this-many-th window start along each axis (and
         the last), so that the gaps it leaves are at most (every - 2) window steps wide.
     """
