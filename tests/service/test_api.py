@@ -207,6 +207,17 @@ def test_a_damaged_jobs_database_stops_startup_and_leaves_no_thread(settings) ->
     assert not [t for t in threading.enumerate() if t.name.startswith("liverseg-")]
 
 
+def test_every_schema_reference_points_into_the_components(client) -> None:
+    """ReDoc showed no page when one route's schema kept pydantic's "#/$defs/..." references."""
+    import json
+    import re
+
+    schema = client.get("/openapi.json").json()
+    references = set(re.findall(r'"\$ref": "([^"]+)"', json.dumps(schema)))
+    assert references and all(ref.startswith("#/components/schemas/") for ref in references), references
+    assert {ref.rsplit("/", 1)[1] for ref in references} <= set(schema["components"]["schemas"])
+
+
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
 def test_the_api_docs_load_nothing_from_another_host(client, page) -> None:
     import re

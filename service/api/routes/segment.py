@@ -17,11 +17,14 @@ from service.api.responses import ERRORS
 from service.api.uploads import FileField, FilesField, collect, spool
 from service.errors import TimedOut
 from service.options import SegmentParams
-from service.schemas import Summary
 from service.segmentation import SegmentUpload
 from service.summary import summary_headers
 
 router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
+# The summary as a reference to its component (Job holds it, so it is there): an inline
+# Summary.model_json_schema() kept pydantic's "#/$defs/..." references, which ReDoc refused
+# ("Invalid reference token: $defs") and so showed no page at all.
+SUMMARY_REF = {"$ref": "#/components/schemas/Summary"}
 
 
 @router.post(
@@ -29,7 +32,7 @@ router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)
     responses={
         200: {
             "description": "The mask (.nii.gz, uint8, the input's exact geometry), its summary, a SEG or a confidence map.",
-            "content": {"application/gzip": {}, "application/dicom": {}, "application/json": {"schema": Summary.model_json_schema()}},
+            "content": {"application/gzip": {}, "application/dicom": {}, "application/json": {"schema": SUMMARY_REF}},
         },
         **ERRORS,
     },
