@@ -16,6 +16,7 @@ from train.phantoms.tissues import (
     HEART_RA,
     HEART_RV,
     LUNG,
+    MUSCLE,
     MYOCARDIUM,
     PERICARDIUM,
     VISC_FAT,
@@ -58,12 +59,14 @@ def heart_centre(anat: Anatomy) -> tuple[float, float, float]:
     zd = float(anat.diaphragm(np.array([cu]), np.array([cv]))[0])
     rot = rotation(h["yaw_deg"], h["tilt_deg"])
     half_height = float(np.sqrt(((rot[2] * np.asarray(h["radii_mm"])) ** 2).sum()))
-    return cu, cv, zd + anat.b["diaphragm_mm"] + half_height * (1.0 - h["sink"])
+    return cu, cv, zd + h["tendon_mm"] + half_height * (1.0 - h["sink"])
 
 
 def paint_heart(anat: Anatomy, c: Canvas) -> None:
     """Anatomy 2's heart: pericardium, epicardial fat, myocardium and four blood pools, nested,
-    each layer cut flat a little higher where the heart lies on the diaphragm."""
+    each layer cut flat a little higher where the heart lies on the diaphragm. Under the sac
+    the diaphragm thins to the central tendon (the pericardium takes the muscle's place), and
+    the inferior wall sits on the pericardium with little or no fat between."""
     h = anat.heart
     radii = np.asarray(h["radii_mm"])
     fat, peri = h["epicardial_fat_mm"], h["pericardium_mm"]
@@ -73,7 +76,9 @@ def paint_heart(anat: Anatomy, c: Canvas) -> None:
     if box is None:
         return
     q = [x.astype(np.float32) for x in local(box, centre, rot)]
-    floor = anat.at(box, "diaphragm")[None] + anat.b["diaphragm_mm"]
+    zd = anat.at(box, "diaphragm")[None]
+    floor = zd + h["tendon_mm"]
+    under = h["inferior_fat_mm"]
 
     def chamber(k: int, pad: float) -> np.ndarray:
         """Inside chamber k grown by pad mm (shrunk where pad < 0)."""
@@ -90,12 +95,15 @@ def paint_heart(anat: Anatomy, c: Canvas) -> None:
         return box.w > floor + mm
 
     c.paint(box, heart(fat + peri + MEDIASTINAL_FAT_MM) & above(0.0), VISC_FAT, (LUNG,))
-    c.paint(box, heart(fat + peri) & above(0.0), PERICARDIUM, (LUNG, VISC_FAT))
+    sac = heart(fat + peri) & above(0.0)
+    c.paint(box, sac, PERICARDIUM, (LUNG, VISC_FAT))
+    tendon = box.w < zd + anat.b["diaphragm_mm"]  # the diaphragm's muscle, not the chest wall's
+    c.paint(box, sac & tendon, PERICARDIUM, (MUSCLE,))
     c.paint(box, heart(fat) & above(peri), EPICARDIAL_FAT, (PERICARDIUM,))
-    c.paint(box, heart(0.0) & above(peri + 1.0), MYOCARDIUM, (EPICARDIAL_FAT,))
+    c.paint(box, heart(0.0) & above(peri + under), MYOCARDIUM, (EPICARDIAL_FAT,))
     for k, (code, _, _, wall_key) in enumerate(CHAMBERS):
         wall = h[wall_key]
-        cavity = chamber(k, -wall) & above(peri + 1.0 + wall)
+        cavity = chamber(k, -wall) & above(peri + under + wall)
         for earlier in range(k):  # the septa: a cavity stays out of the chambers before it
             cavity &= ~chamber(earlier, 0.0)
         c.paint(box, cavity, code, (MYOCARDIUM,))

@@ -235,6 +235,11 @@ def draw_heart(rng: np.random.Generator) -> dict[str, Any]:
         "lv_wall_mm": uniform(rng, 8, 12),
         "rv_wall_mm": uniform(rng, 3, 5),
         "atrial_wall_mm": uniform(rng, 2, 3),
+        # Real scans show the inferior wall a few mm over the dome: the heart lies on the thin
+        # central tendon, and its fat sits in the grooves, not under it (the failure to learn:
+        # a heart joined to the liver across the diaphragm). Drawn last: the draws above stay.
+        "tendon_mm": uniform(rng, 1.5, 3.0),
+        "inferior_fat_mm": uniform(rng, 0.0, 1.5),
     }
 
 
