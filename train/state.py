@@ -33,9 +33,11 @@ _OLD_DEFAULTS = {"antialias": False}  # runs from before the option trained with
 def save_state(
     run_dir: Path, config: TrainConfig, network: nn.Module, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, generator: torch.Generator, history: Sequence[EpochRecord],
-    seconds: float,
+    seconds: float, earlier_training: dict[str, Any] | None = None, commands: Sequence[str] = (),
 ) -> None:
-    """Write the training checkpoint (weights + optimiser + RNG + history) into `run_dir`."""
+    """Write the training checkpoint (weights + optimiser + RNG + history) into `run_dir`, with
+    the record of the weights the run started from (`earlier_training`, a card's `training`) and
+    the command of each of its sessions (`commands`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     optimizer_state = optimizer.state_dict()
@@ -56,6 +58,8 @@ def save_state(
         "scaler": scaler.state_dict(),
         "history": [dataclasses.asdict(r) for r in history],
         "seconds": seconds,
+        "earlier_training": earlier_training,
+        "commands": list(commands),
     }
     write_atomically(run_dir / "state.safetensors", lambda tmp: save_file(tensors, tmp))
     write_atomically(run_dir / "state.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
@@ -64,8 +68,9 @@ def save_state(
 def load_state(
     directory: Path, config: TrainConfig, network: nn.Module, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, generator: torch.Generator,
-) -> tuple[list[EpochRecord], float]:
-    """Restore, in place, a checkpoint `save_state` wrote; returns (history, training seconds).
+) -> tuple[list[EpochRecord], float, dict[str, Any] | None, list[str]]:
+    """Restore, in place, a checkpoint `save_state` wrote; returns (history, training seconds,
+    the record of the weights the run started from or None, the commands of its sessions).
 
     Raises:
         FileNotFoundError: `directory` holds no training checkpoint.
@@ -97,4 +102,5 @@ def load_state(
     generator.set_state(tensors["rng.generator"])
     history = [EpochRecord(**r) for r in meta["history"]]
     log.info("resumed %s at epoch %d of %d", directory, len(history), config.epochs)
-    return history, float(meta["seconds"])
+    # Older states hold neither record.
+    return history, float(meta["seconds"]), meta.get("earlier_training"), meta.get("commands", [])

@@ -128,6 +128,8 @@ class Trainer:
         self.contract = config.contract()
         torch.manual_seed(config.seed)  # the initial weights
         self.network = create_network(config.arch, **config.network_kwargs).to(self.device)
+        self.earlier: Training | None = None  # how the --init-from weights were made: the card chains it
+        self.commands: list[str] = []  # the command of each session of this run, the card's after `earlier`
         if config.init_from:
             self._initialise_from(config.init_from)
         self.optimizer = _optimizer(config, self.network)
@@ -156,6 +158,7 @@ class Trainer:
         two-class checkpoint may start a multi-class run: its heads grow (`train.classes.add_classes`)."""
         source = load_model(name, init_folder(name, self.config.out_dir))
         card, config = source.card, self.config
+        self.earlier = card.training
         features = config.arch_kwargs.get("features")
         mismatch = (f"--init-from {name}: it is a {card.arch} {card.arch_kwargs}, this run trains a "
                     f"{config.arch} {config.arch_kwargs}")
@@ -270,18 +273,26 @@ class Trainer:
     def save_state(self) -> None:
         """Write the training checkpoint of the run so far (`train.state`)."""
         save_state(self.run_dir, self.config, self.network, self.optimizer, self.scaler,
-                   self.generator, self.history, self._seconds())
+                   self.generator, self.history, self._seconds(),
+                   earlier_training=self.earlier.model_dump() if self.earlier else None,
+                   commands=self.commands)
 
     def load_state(self, directory: Path) -> None:
-        """Continue from the training checkpoint in `directory` (`train.state`)."""
-        self.history, self.seconds_before = load_state(directory, self.config, self.network,
-                                                       self.optimizer, self.scaler, self.generator)
+        """Continue from the training checkpoint in `directory` (`train.state`). The run's start
+        keeps the record of where it began: by now --init-from may name this run's own export."""
+        self.history, self.seconds_before, earlier, self.commands = load_state(
+            directory, self.config, self.network, self.optimizer, self.scaler, self.generator)
+        if earlier is not None:
+            self.earlier = Training.model_validate(earlier)
 
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
         """Train until `config.epochs`, then export weights and card to `config.out_dir`."""
         self._start = time.perf_counter()
         if resume:
             self.load_state(self.run_dir if resume is True else Path(resume))
+        command = self.config.command or f"train.trainer.Trainer({self.config.to_json()!r})"
+        if self.commands[-1:] != [command]:
+            self.commands.append(command)
         if not self.train_cases:
             self.load_data()
         sampler = PatchSampler(self.train_cases, self.config.patch_size_dhw, self.config.batch_size,
@@ -315,13 +326,14 @@ class Trainer:
             data=self.data_description,
             epochs=len(self.history),
             seconds=round(self._seconds(), 1),
-            command=config.command or f"train.trainer.Trainer({config.to_json()!r})",
+            command=" && ".join(self.commands) or config.command
+            or f"train.trainer.Trainer({config.to_json()!r})",
             code_revision=self.code_revision,
             seed=config.seed,
             device=str(self.device),
             distillation=self.distiller.describe() if self.distiller else None,
         )
-        return build_card(config, training, metrics)
+        return build_card(config, chain(self.earlier, training), metrics)
 
     def export(self) -> ModelCard:
         """Score the final weights on the validation cases (service path) and save weights + card."""
@@ -329,6 +341,20 @@ class Trainer:
         if self.config.final_evaluation and self.val_sources:
             metrics.update(input_grid_metrics(self.network, self.card(), self.val_sources, self.device))
         return export(self.network, self.card(metrics), self.config.out_dir)
+
+
+def chain(earlier: Training | None, run: Training) -> Training:
+    """The record of weights made by `run` from weights `earlier` made: both commands, in order
+    (what reproduces them from nothing), their epochs and seconds summed, both data said."""
+    if earlier is None:
+        return run
+    return run.model_copy(update={
+        "data": f"{earlier.data.rstrip('. ')}. Then: {run.data}",
+        "epochs": earlier.epochs + run.epochs,
+        "seconds": round(earlier.seconds + run.seconds, 1),
+        "command": f"{earlier.command} && {run.command}",
+        "distillation": run.distillation or earlier.distillation,
+    })
 
 
 def train(config: TrainConfig, resume: bool | str | Path = False) -> TrainResult:

@@ -107,3 +107,22 @@ def test_init_from_reads_the_out_folder_first_then_the_bundled_zoo(tmp_path):
     assert init_folder("unet3d_ds.test", tmp_path / "zoo") == tmp_path / "zoo"
     assert init_folder("unet3d_ds.phantom_4mm", tmp_path / "zoo") == CHECKPOINT_DIR
     assert init_folder("unet3d_ds.phantom_4mm", tmp_path / "absent") == CHECKPOINT_DIR
+
+
+def test_a_card_made_from_a_checkpoint_records_the_whole_chain_across_a_resume(tmp_path):
+    fast = dict(synthetic=1, n_val=0, phantom_spacing_mm=6.0, iters_per_epoch=1, final_evaluation=False)
+    Trainer(tiny_config(tmp_path, **fast, tag="first", epochs=2, command="python -m train A")).fit()
+    first = get_card("unet3d_ds.first", tmp_path / "zoo").training
+    # The second run starts from the first, exports over it, and is resumed for 2 more epochs:
+    # its --init-from then names its own export, which must not be counted twice.
+    second = dict(tag="first", init_from="unet3d_ds.first", command="python -m train B")
+    Trainer(tiny_config(tmp_path, **fast, **second, epochs=1)).fit()
+    once = get_card("unet3d_ds.first", tmp_path / "zoo").training
+    assert once.command == "python -m train A && python -m train B"
+    assert once.epochs == 3 and once.seconds >= first.seconds
+    assert once.data.startswith(first.data.rstrip(". ") + ". Then: ")
+    Trainer(tiny_config(tmp_path, **fast, **{**second, "command": "python -m train B --resume"},
+                        epochs=3)).fit(resume=True)
+    resumed = get_card("unet3d_ds.first", tmp_path / "zoo").training
+    assert resumed.command == "python -m train A && python -m train B && python -m train B --resume"
+    assert resumed.epochs == 2 + 3
