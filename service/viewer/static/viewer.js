@@ -23,6 +23,7 @@ const POLL_MS = 1000;
 
 const $ = (id) => document.getElementById(id);
 const page = { job: null, nv: null, confidence: null };
+window.liverseg = page; // the page's state, for the console and the browser test
 
 function apiKey() {
   return $("api-key").value.trim();
@@ -130,7 +131,9 @@ async function showResult(job) {
   showDownloads(job.links);
   $("confidence-toggle").hidden = !job.links.confidence;
   $("show-confidence").checked = false;
-  $("legend-confidence").hidden = true;
+  $("legend-confidence").classList.add("off");
+  $("legend-confidence-text").textContent = `confidence below ${job.summary.confidence.threshold}, `
+    + `in the liver's box and ${AROUND_LIVER_MM} mm around it`;
   setState("loading");
   showStatus("Loading the CT and the mask into the viewer…", 1);
   await loadViewer(job);
@@ -204,9 +207,10 @@ async function download(event) {
 
 // ---- Niivue ----------------------------------------------------------------------------------
 
-/** A colour from transparent (value 0) to opaque `rgb` (value 1). */
-function ramp(rgb) {
-  return { R: [0, rgb[0]], G: [0, rgb[1]], B: [0, rgb[2]], A: [0, 255], I: [0, 255] };
+/** Clear at the bottom of the colormap (values at or below the layer's cal_min), one opaque
+ *  colour above: a layer shows where it is over its cut, drawn at the layer's opacity. */
+function solid(rgb) {
+  return { R: [0, rgb[0], rgb[0]], G: [0, rgb[1], rgb[1]], B: [0, rgb[2], rgb[2]], A: [0, 255, 255], I: [0, 1, 255] };
 }
 
 function windowRange() {
@@ -227,8 +231,8 @@ async function loadViewer(job) {
       logLevel: "warn",
     });
     await page.nv.attachToCanvas($("gl"));
-    page.nv.addColormap("liverseg-liver", ramp(LIVER_RGB));
-    page.nv.addColormap("liverseg-unsure", ramp(UNSURE_RGB));
+    page.nv.addColormap("liverseg-liver", solid(LIVER_RGB));
+    page.nv.addColormap("liverseg-unsure", solid(UNSURE_RGB));
   }
   const nv = page.nv;
   const [low, high] = windowRange();
@@ -237,7 +241,7 @@ async function loadViewer(job) {
     { url: job.links.ct, name: "ct.nii.gz", headers, colormap: "gray", cal_min: low, cal_max: high, trustCalMinMax: true },
     {
       url: job.links.mask, name: "liver_mask.nii.gz", headers, colormap: "liverseg-liver",
-      cal_min: 0, cal_max: 1, trustCalMinMax: true, opacity: Number($("opacity").value),
+      cal_min: 0.5, cal_max: 1, trustCalMinMax: true, opacity: Number($("opacity").value),
     },
   ]);
   centreOnLiver(job.summary);
@@ -259,11 +263,11 @@ function setView(view) {
   page.nv?.setSliceType(VIEWS[view]);
 }
 
-/** The confidence map as 1 - confidence (0 sure, 1 unsure), kept only in the liver's box and
+/** Low confidence (below the summary's threshold) in red, only in the liver's box and
  *  AROUND_LIVER_MM around it: elsewhere the heads are unsure about other organs, not the liver. */
 async function showConfidence(show) {
   const nv = page.nv;
-  $("legend-confidence").hidden = !show;
+  $("legend-confidence").classList.toggle("off", !show);
   if (!show) {
     if (page.confidence) nv.setOpacity(nv.getVolumeIndexByID(page.confidence.id), 0);
     return;
@@ -271,30 +275,36 @@ async function showConfidence(show) {
   if (!page.confidence) {
     const volume = await nv.addVolumeFromUrl({
       url: page.job.links.confidence, name: "liver_confidence.nii.gz", headers: authHeaders(),
-      colormap: "liverseg-unsure", cal_min: 0, cal_max: 1, trustCalMinMax: true,
+      colormap: "liverseg-unsure", opacity: 0,
     });
-    keepAroundLiver(volume, page.job.summary);
+    unsureAroundLiver(volume, page.job.summary);
     page.confidence = volume;
   }
-  nv.setOpacity(nv.getVolumeIndexByID(page.confidence.id), 0.85);
-  nv.updateGLVolume();
+  nv.setOpacity(nv.getVolumeIndexByID(page.confidence.id), 0.6);
 }
 
-function keepAroundLiver(volume, summary) {
+/** Replace the volume's float confidence by uint8 unsureness, 255 * (1 - confidence), 0 outside
+ *  the liver's surroundings, shown above 255 * (1 - threshold) (uint8: 4x less GPU memory). */
+function unsureAroundLiver(volume, summary) {
   const [nx, ny, nz] = volume.hdr.dims.slice(1, 4);
   const box = summary.bbox;
   const margin = summary.input.spacing_xyz_mm.map((mm) => Math.ceil(AROUND_LIVER_MM / mm));
   const lo = box ? box.start_xyz.map((s, k) => s - margin[k]) : [1, 1, 1];
   const hi = box ? box.start_xyz.map((s, k) => s + box.size_xyz[k] - 1 + margin[k]) : [0, 0, 0];
-  const img = volume.img;
+  const confidence = volume.img;
+  const unsure = new Uint8Array(confidence.length);
   for (let z = 0, i = 0; z < nz; z++) {
     for (let y = 0; y < ny; y++) {
       const rowInside = z >= lo[2] && z <= hi[2] && y >= lo[1] && y <= hi[1];
       for (let x = 0; x < nx; x++, i++) {
-        img[i] = rowInside && x >= lo[0] && x <= hi[0] ? 1 - img[i] : 0;
+        if (rowInside && x >= lo[0] && x <= hi[0]) unsure[i] = Math.round(255 * (1 - confidence[i]));
       }
     }
   }
+  volume.img = unsure;
+  Object.assign(volume.hdr, { datatypeCode: 2, bitpix: 8, scl_slope: 1, scl_inter: 0 }); // NIfTI DT_UINT8
+  const shownAbove = 255 * (1 - summary.confidence.threshold);
+  Object.assign(volume, { cal_min: shownAbove, cal_max: 255, global_min: 0, global_max: 255, robust_min: 0, robust_max: 255 });
 }
 
 // ---- wiring ----------------------------------------------------------------------------------
