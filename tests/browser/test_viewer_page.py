@@ -5,7 +5,7 @@ review flag shown, every download returning its file, and no request to another 
 own pages (/docs, /redoc) too.
 
 docs/viewer.png is the page as the fixture leaves it: run with `--basetemp=/tmp/browser` and take
-/tmp/browser/screens0/viewer-page.png."""
+/tmp/browser/screens0/viewer-page.png, quantised to 128 colours (PIL, MEDIANCUT, no dither)."""
 
 from __future__ import annotations
 
