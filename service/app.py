@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 
 from service.api import errors
 from service.api.body_limit import BodyLimitMiddleware
+from service.api.docs_policy import DocsPolicyMiddleware
 from service.api.request_metrics import RequestMetricsMiddleware
 from service.api.routes import health, jobs, models, segment, viewer
 from service.jobs.dispatch import Dispatcher, InProcessDispatcher
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (segment.router, jobs.router, models.router, health.router, viewer.router):
         app.include_router(router)
 
+    app.add_middleware(DocsPolicyMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     return app

@@ -355,16 +355,7 @@ def test_the_api_page_shows_the_api_from_here(api_pages, viewer_server, path) ->
     "path",
     [
         "/docs",
-        pytest.param(
-            "/redoc",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="the ReDoc bundle in fastapi-offline always asks https://cdn.redoc.ly/redoc/logo-mini.svg "
-                "for the 'API docs by Redocly' logo (no option turns it off); refused here, it shows no logo. "
-                "Fix in service/app.py, e.g. a Content-Security-Policy img-src 'self' data: on /redoc",
-            ),
-        ),
+        "/redoc",
     ],
 )
 def test_the_api_page_asks_nothing_of_another_host(api_pages, path) -> None:

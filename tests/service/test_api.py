@@ -229,3 +229,8 @@ def test_the_api_docs_load_nothing_from_another_host(client, page) -> None:
     assert urls and not [u for u in urls if re.match(r"(https?:)?//", u)], urls  # a CDN left the page blank offline
     for url in urls:
         assert client.get(url).status_code == 200, url  # the script, the stylesheet, the schema
+    # ReDoc's bundle still asks cdn.redoc.ly for a logo: the policy has the browser refuse any
+    # other host (the headless-Chromium test in tests/browser sees no such request go out).
+    policy = html.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "img-src 'self' data:" in policy
+    assert "content-security-policy" not in client.get("/healthz").headers  # the pages, not the API
