@@ -69,9 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # hold files (Starlette's default of 1000 answered a 1,001-slice series with 400).
     # FastAPIOffline: FastAPI with /docs and /redoc served from assets in the package, since
     # FastAPI's own pages load Swagger UI and ReDoc from a CDN, blank on a hospital network.
+    docs_url, redoc_url = "/docs", "/redoc"  # FastAPIOffline keeps neither: the policy below needs them
     app = FastAPIOffline(
         title="liverseg", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-        form_limits={"max_files": settings.max_zip_members},
+        form_limits={"max_files": settings.max_zip_members}, docs_url=docs_url, redoc_url=redoc_url,
     )
     app.state.settings = settings
     app.state.metrics = metrics = Metrics()
@@ -79,7 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (segment.router, jobs.router, models.router, health.router, viewer.router):
         app.include_router(router)
 
-    app.add_middleware(DocsPolicyMiddleware)
+    app.add_middleware(
+        DocsPolicyMiddleware, paths=(docs_url, redoc_url, app.swagger_ui_oauth2_redirect_url)
+    )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     return app

@@ -129,6 +129,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # the initial weights
         self.network = create_network(config.arch, **config.network_kwargs).to(self.device)
         self.earlier: Training | None = None  # how the --init-from weights were made: the card chains it
+        self.command = config.command or f"train.trainer.Trainer({config.to_json()!r})"  # this session's
         self.commands: list[str] = []  # the command of each session of this run, the card's after `earlier`
         if config.init_from:
             self._initialise_from(config.init_from)
@@ -290,9 +291,8 @@ class Trainer:
         self._start = time.perf_counter()
         if resume:
             self.load_state(self.run_dir if resume is True else Path(resume))
-        command = self.config.command or f"train.trainer.Trainer({self.config.to_json()!r})"
-        if self.commands[-1:] != [command]:
-            self.commands.append(command)
+        if self.commands[-1:] != [self.command]:
+            self.commands.append(self.command)
         if not self.train_cases:
             self.load_data()
         sampler = PatchSampler(self.train_cases, self.config.patch_size_dhw, self.config.batch_size,
@@ -326,8 +326,7 @@ class Trainer:
             data=self.data_description,
             epochs=len(self.history),
             seconds=round(self._seconds(), 1),
-            command=" && ".join(self.commands) or config.command
-            or f"train.trainer.Trainer({config.to_json()!r})",
+            command=" && ".join(self.commands or [self.command]),
             code_revision=self.code_revision,
             seed=config.seed,
             device=str(self.device),

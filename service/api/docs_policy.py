@@ -8,9 +8,11 @@ shows no logo) and anything else a bundle may fetch from another host.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 # Inline script and style: both pages start their bundle from an inline <script>.
 POLICY = (
     "default-src 'self'; img-src 'self' data:; script-src 'self' 'unsafe-inline'; "
@@ -19,21 +21,21 @@ POLICY = (
 
 
 class DocsPolicyMiddleware:
-    """Adds `POLICY` to the responses of the API's documentation pages."""
+    """Adds `POLICY` to the responses of the API's documentation pages (`paths`: the app's own
+    docs, ReDoc and OAuth2-redirect URLs, so that the pages and the policy cannot drift apart)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, paths: Iterable[str | None]) -> None:
         self.app = app
+        self.paths = frozenset(p for p in paths if p)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in DOCS_PATHS:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
 
         async def send_with_policy(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((b"content-security-policy", POLICY.encode()))
-                message = {**message, "headers": headers}
+                MutableHeaders(scope=message).append("content-security-policy", POLICY)
             await send(message)
 
         await self.app(scope, receive, send_with_policy)
