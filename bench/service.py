@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             segment(url, data)  # warm-up: first-call allocations and kernel selection
             sequential = [segment(url, data) for _ in range(args.repeats)]
+            sequential_peak_rss_mb = peak_rss_mb(process.pid)  # one request at a time
             started = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
                 concurrent = list(pool.map(lambda _: segment(url, data),
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "device": describe_device(args.device) if args.device == "cpu" else first["device"],
         "served_on": first["device"],  # the device and the runtime that ran the network
-        "server_peak_rss_mb": server_peak_rss_mb,
+        "server_peak_rss_mb": server_peak_rss_mb,  # the whole run, concurrent clients included
+        "server_peak_rss_mb_sequential": sequential_peak_rss_mb,  # after the sequential requests
         "torch": torch.__version__,
         "model": first["model"],
         "volume": {"size_xyz": list(ct.GetSize()), "spacing_xyz_mm": list(ct.GetSpacing()),
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     v, c = report["volume"], report["concurrent"]
     print(f"POST /segment end to end: {report['model']} on {report['device']}, served on {report['served_on']} "
-          f"(peak RSS of the server {report['server_peak_rss_mb']} MB; torch {report['torch']}, "
+          f"(peak RSS of the server {report['server_peak_rss_mb_sequential']} MB one request at a time, "
+          f"{report['server_peak_rss_mb']} MB with the clients; torch {report['torch']}, "
           f"load average {report['load_average_1min']:.1f} at the end)")
     print(f"CT {v['size_xyz']} (x,y,z) at {v['spacing_xyz_mm']} mm, {v['upload_mb']} MB upload; "
           f"liver found {report['liver_volume_ml']:.0f} mL (the phantom's: {report['true_liver_volume_ml']:.0f} mL)\n")

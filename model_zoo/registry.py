@@ -166,8 +166,8 @@ def load_model(
     """Build checkpoint `name`'s network, load its verified weights strictly, in eval mode on `device`.
 
     `backend` ("auto", "openvino", "torch": model_zoo.backends.make_runtime) picks what runs its
-    forward pass; an OpenVINO runtime is compiled here for every window batch of 1 up to the
-    card's `window_batch_size`, so that no request waits for it.
+    forward pass; an OpenVINO runtime is compiled here for every batch up to the card's
+    `window_batch_size` (one compiled model), so that no request waits for it.
 
     Raises UnknownNameError, ChecksumMismatch (checked before the weights are parsed),
     IncompatibleWeights (the card's arch_kwargs do not fit the weights), FileNotFoundError.
@@ -180,8 +180,7 @@ def load_model(
     network.load_state_dict(state, strict=True)
     network.to(device).eval()
     patch = tuple(card.input.patch_size_dhw)
-    shapes = [(b, card.arch_kwargs.get("in_channels", 1), *patch)
-              for b in range(1, card.inference.window_batch_size + 1)]
+    shapes = [(card.inference.window_batch_size, card.arch_kwargs.get("in_channels", 1), *patch)]
     runtime = make_runtime(network, backend, device, warm_shapes=shapes if backend != "torch" else (),
                            cache_key=f"{card.name}:{card.weights_sha256}")
     logger.info("loaded checkpoint %s (%s) on %s, %s", card.name, path, device, runtime.name)

@@ -274,6 +274,9 @@ def segment(
             stats = _mask_statistics(image, full_mask)
     mask_image = sitk.GetImageFromArray(full_mask)
     mask_image.CopyInformation(image)
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    liver_volume_ml = float(full_mask.sum(dtype=np.int64)) * voxel_ml
+    del full_mask  # the image holds its own copy: two whole-grid masks need not live at once
     if options.confidence_map:
         confidence_full = restore(confidence_model[None], prepared, image, outside=[1.0], tolerance=1e-3)[0]
         confidence_image = sitk.GetImageFromArray(confidence_full.astype(np.float32))
@@ -282,12 +285,11 @@ def segment(
     findings = plausibility_findings(mask_image, image, components_ml)
     timings["restore"] = time.perf_counter() - t
 
-    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     return Segmentation(
         mask=mask_image,
         confidence=confidence_image,
         confidence_summary=summary,
-        liver_volume_ml=float(full_mask.sum(dtype=np.int64)) * voxel_ml,
+        liver_volume_ml=liver_volume_ml,
         windows_total=windows_total,
         windows_skipped=windows_skipped,
         timings_s=timings,

@@ -84,7 +84,9 @@ def plausibility_findings(
         ValueError: mask and CT are not on one grid.
     """
     require_same_grid(mask, ct, "plausibility_findings")
-    liver = sitk.GetArrayViewFromImage(mask) != 0
+    view = sitk.GetArrayViewFromImage(mask)
+    # The pipeline's 0/1 uint8 mask is read as bool in place: a copy of a 512x512x800 one is 200 MB.
+    liver = view.view(bool) if view.dtype == np.uint8 and view.max() <= 1 else view != 0
     hu = sitk.GetArrayViewFromImage(ct)
     findings = []
     sides = fov_cut_sides(liver, hu, mask)
