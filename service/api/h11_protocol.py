@@ -34,6 +34,13 @@ class JsonErrorH11Protocol(H11Protocol):
     lingering = False
 
     def data_received(self, data: bytes) -> None:
+        # h11 bounds only a head still incomplete after a read: one that arrives whole in a single
+        # read (a 200 kB header on a quick loopback, read while the loop was busy) went through to
+        # the app. Fed in pieces no longer than the bound, every over-long head is refused alike.
+        step = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+        while len(data) > step and self.conn.their_state is h11.IDLE and not self.lingering:
+            super().data_received(data[:step])
+            data = data[step:]
         if self.lingering:
             return  # the rest of a refused request: read and dropped
         super().data_received(data)
