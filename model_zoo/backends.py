@@ -17,7 +17,6 @@ OpenVINO is missing or fails to convert or compile the network (the reason is lo
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import warnings
 from collections.abc import Sequence
@@ -133,10 +132,9 @@ def release_freed_heap() -> None:
     Tracing and converting the network free ~260 MB of the bundled model's temporaries that glibc
     keeps in the process for later; without this a server's resident memory never drops by it.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to give back
+    try:  # the process's own symbols: libc is loaded already (find_library would run ldconfig)
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to give back
         pass
 
 

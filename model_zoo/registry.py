@@ -157,6 +157,13 @@ def _check_fits(
         )
 
 
+def window_batch_shape(card: ModelCard) -> tuple[int, ...]:
+    """The largest window batch the card's inference sends: (B, C_in, D, H, W), what a runtime is
+    warmed for."""
+    return (card.inference.window_batch_size, card.arch_kwargs.get("in_channels", 1),
+            *card.input.patch_size_dhw)
+
+
 def load_model(
     name: str,
     directory: str | os.PathLike[str] | None = None,
@@ -179,8 +186,7 @@ def load_model(
     _check_fits(network, state, card, str(path))
     network.load_state_dict(state, strict=True)
     network.to(device).eval()
-    patch = tuple(card.input.patch_size_dhw)
-    shapes = [(card.inference.window_batch_size, card.arch_kwargs.get("in_channels", 1), *patch)]
+    shapes = [window_batch_shape(card)]
     runtime = make_runtime(network, backend, device, warm_shapes=shapes if backend != "torch" else (),
                            cache_key=f"{card.name}:{card.weights_sha256}")
     logger.info("loaded checkpoint %s (%s) on %s, %s", card.name, path, device, runtime.name)

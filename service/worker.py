@@ -22,7 +22,7 @@ import torch
 from model_zoo.card import ModelCard
 from model_zoo.device import resolve_device
 from model_zoo.lookup import UnknownNameError
-from model_zoo.registry import LoadedModel, get_card, load_model
+from model_zoo.registry import LoadedModel, get_card, load_model, window_batch_shape
 from service.errors import QueueFull, ShuttingDown, UnknownModel
 from service.pipeline import InferenceOptions, Progress, Segmentation, segment, with_fallback
 
@@ -99,8 +99,7 @@ class InferenceWorker:
         start taking work."""
         for name in warm:
             loaded = self.model(name)
-            shape = (loaded.card.inference.window_batch_size, 1, *loaded.card.input.patch_size_dhw)
-            loaded.runtime.warm([shape])
+            loaded.runtime.warm([window_batch_shape(loaded.card)])
         self.ready = True
         self._thread.start()
 
