@@ -69,6 +69,22 @@ def liver_parts(anat: Anatomy) -> list[tuple[tuple, tuple, np.ndarray, float]]:
                 0.0,
             )
         )
+    tip = o.get("liver_tip")  # anatomy 2 only
+    if tip and tip["present"]:
+        # A sheet along the wall from the lobe's middle, where the lobe still meets the wall (so
+        # the two join), down to `length` below the lobe's bottom; the cavity crops what lies
+        # outside it, so the sheet follows the wall's curve.
+        t, length = tip["thickness_mm"] * sr, tip["length_mm"] * sr
+        top = right[0][2] - 0.5 * right[1][2]
+        low = right[0][2] - 0.85 * right[1][2] - length
+        parts.append(
+            (
+                (-anat.A + 0.5 * t, tip["y"] * BA + sh[1], 0.5 * (top + low)),
+                (t, tip["depth_mm"] * sr, 0.5 * (top - low)),
+                np.eye(3),
+                0.0,
+            )
+        )
     return parts
 
 

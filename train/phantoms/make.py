@@ -17,6 +17,7 @@ from train.phantoms.parameters import (
     draw_disease,
     draw_heart,
     draw_lesions,
+    draw_liver_tip,
     draw_organs,
     draw_scan,
     draw_streaks,
@@ -72,7 +73,17 @@ CLASSIC_GENERATORS = (
     "noise",
     "texture",
 )
-ANATOMY2_GENERATORS = ("heart", "disease", "tumours", "hu2", "fields2", "ducts", "streaks")
+# Anatomy 2's, in spawn order after the classic ones: append only.
+ANATOMY2_GENERATORS = (
+    "heart",
+    "disease",
+    "tumours",
+    "hu2",
+    "fields2",
+    "ducts",
+    "streaks",
+    "liver_tip",
+)
 
 
 def make_phantom(
@@ -147,6 +158,7 @@ def make_phantom(
         n_drawn, all_lesions = tumour_lesions(draw_tumours(rngs["tumours"]), sick)
         hu_u |= {name: float(rngs["hu2"].uniform()) for name in ANATOMY2_TISSUES}
         streaks = draw_streaks(rngs["streaks"])
+        organs["liver_tip"] = draw_liver_tip(rngs["liver_tip"])
     elif disease is not None:
         raise ValueError("disease is anatomy 2's: anatomy 1 draws no liver disease")
 

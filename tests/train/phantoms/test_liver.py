@@ -175,3 +175,56 @@ def test_impossible_disease_is_refused(disease: dict, message: str) -> None:
 def test_anatomy_1_has_no_disease_to_give() -> None:
     with pytest.raises(ValueError, match="anatomy 2"):
         make_phantom(0, spacing_xyz_mm=(8.0, 8.0, 8.0), anatomy=1, disease={"cirrhosis": True})
+
+
+def _without_tip(monkeypatch, seed: int, **kwargs):
+    """The phantom of `seed` drawn twice, with its inferior tip and without it."""
+    import train.phantoms.make as make
+
+    with_tip = make_phantom(seed, anatomy=2, **kwargs)
+    drawn = make.draw_liver_tip
+    monkeypatch.setattr(make, "draw_liver_tip", lambda rng: drawn(rng) | {"present": False})
+    return with_tip, make_phantom(seed, anatomy=2, **kwargs)
+
+
+@pytest.mark.parametrize("seed", [200003, 200007])
+def test_the_right_lobe_tip_is_a_thin_sheet_of_liver_on_the_lateral_wall(
+    monkeypatch, seed: int
+) -> None:
+    grid = {"spacing_xyz_mm": (2.0, 2.0, 2.0), "z_range": (-280.0, 40.0), "direction": IDENTITY}
+    with_tip, without = _without_tip(monkeypatch, seed, phase="native", **NOISELESS, **grid)
+    assert with_tip.params["organs"]["liver_tip"]["present"]
+    ct, liver, tissues = arrays(with_tip)
+    _, liver0, tissues0 = arrays(without)
+    tip = (liver > 0) & (liver0 == 0)
+    voxel_ml = 8.0 / 1000.0
+    assert 5.0 < tip.sum() * voxel_ml < 150.0
+    # Liver tissue, joined to the rest of the liver, and it hangs below the lobe.
+    assert np.isin(tissues[tip], LIVER_CODES).all()
+    labels, _ = ndi.label(liver > 0)
+    assert set(np.unique(labels[tip])) <= set(np.unique(labels[liver0 > 0]))
+    zs_tip, zs_lobe = np.nonzero(tip.any((1, 2)))[0], np.nonzero((liver0 > 0).any((1, 2)))[0]
+    assert zs_tip.min() < zs_lobe.min() - 5  # z up on this grid: 10 mm below the lobe at least
+    # On the patient's right (-x in LPS), against the muscle of the wall: in every slice below
+    # the lobe the tip's lateral edge lies within 8 mm of muscle, no thicker than 2 x 18 mm.
+    below = np.nonzero(tip.any((1, 2)))[0]
+    below = below[below < zs_lobe.min()]
+    assert len(below) >= 5
+    from train.phantoms import MUSCLE
+
+    x_mid = ct.shape[2] // 2
+    for z in below:
+        rows = np.nonzero(tip[z].any(1))[0]
+        for y in rows:
+            xs = np.nonzero(tip[z, y])[0]
+            assert xs.max() < x_mid
+            run = np.split(xs, np.nonzero(np.diff(xs) > 1)[0] + 1)[0]  # the lateral sheet
+            assert len(run) <= 18
+        lateral = np.zeros_like(tip[z])
+        for y in rows:
+            lateral[y, np.nonzero(tip[z, y])[0].min()] = True
+        touching = ndi.binary_dilation(lateral, iterations=4) & (tissues[z] == MUSCLE)
+        assert touching.any(), z
+    # Native phase: liver HU, where a network must tell it from the wall's muscle by shape.
+    lo, hi = HU_RANGES["liver"][0]
+    assert lo - 65 <= np.median(ct[tip & (tissues == LIVER)]) <= hi + 30
