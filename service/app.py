@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # process exits instead of hanging on the worker's thread.
         store = JobStore(settings.data_dir)
         worker = InferenceWorker(device=settings.device, queue_size=settings.queue_size, model_dir=settings.model_dir,
-                                 backend=settings.backend)
+                                 backend=settings.backend, decoded_uploads=settings.decoded_uploads)
         try:
             worker.start(warm=[settings.model])
         except Exception:  # serve /healthz and other models; /readyz says why not ready

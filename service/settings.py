@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="Jobs database and result files.")
     job_ttl_s: int = Field(24 * 3600, ge=60, description="Job files are deleted this long after they finish.")
     queue_size: int = Field(8, ge=1, description="Requests waiting for the worker before 503.")
+    decoded_uploads: int = Field(
+        2, ge=1,
+        description="Uploads decoded into memory at once, the one running included; other requests wait for a slot "
+        "as files on disk, so memory stays that of this many volumes whatever the clients. 2 keeps the worker busy: "
+        "the next upload decodes while one runs.",
+    )
     request_timeout_s: float = Field(900.0, gt=0)
     queue_url: str | None = Field(None, description="redis://... to scale out over worker processes.")
     queue_lease_s: float = Field(

@@ -61,7 +61,7 @@ class InferenceWorker:
     """Runs segmentations one at a time on one device, from a bounded queue."""
 
     def __init__(self, *, device: str = "auto", queue_size: int = 8, model_dir: Path | None = None,
-                 backend: str = "torch"):
+                 backend: str = "torch", decoded_uploads: int = 2):
         self.device = resolve_device(device)
         self.model_dir = model_dir
         self.backend = backend  # what runs the network (model_zoo.backends); CUDA keeps PyTorch
@@ -72,6 +72,11 @@ class InferenceWorker:
         self.ready = False
         self.recent_seconds: list[float] = []  # durations of the last runs, for time estimates
         self._started = 0.0  # when the running task started
+        # Uploads decoded and held in memory at once, the running one included (Settings.decoded_uploads):
+        # a request past them waits as files on disk, so memory does not grow with the clients.
+        self._decode_slots = threading.BoundedSemaphore(decoded_uploads)
+        self._slot_waiters = 0
+        self._slot_lock = threading.Lock()
 
     def check_model(self, name: str) -> ModelCard:
         """The card of model `name`; UnknownModel unless it is in the registry (cheap: reads the card only)."""
@@ -112,6 +117,29 @@ class InferenceWorker:
     def mean_run_s(self) -> float | None:
         """Mean duration of the last runs; None before the first."""
         return sum(self.recent_seconds) / len(self.recent_seconds) if self.recent_seconds else None
+
+    def take_decode_slot(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for a slot to decode an upload into (give it back with
+        `give_back_decode_slot` once its answer is built); False when none came. QueueFull when the
+        requests already waiting for one, and the queue, hold `queue_size`."""
+        if self._decode_slots.acquire(blocking=False):
+            return True
+        with self._slot_lock:
+            if self._slot_waiters + self.queue_depth >= self._queue.maxsize:
+                raise QueueFull(
+                    f"The inference queue is full ({self._queue.maxsize} waiting); try again shortly.",
+                    retry_after_s=max(1, round(self.mean_run_s or 5)),
+                )
+            self._slot_waiters += 1
+        try:
+            return self._decode_slots.acquire(timeout=timeout)
+        finally:
+            with self._slot_lock:
+                self._slot_waiters -= 1
+
+    def give_back_decode_slot(self) -> None:
+        """Free a slot taken with `take_decode_slot`."""
+        self._decode_slots.release()
 
     def submit(self, task: SegmentTask) -> Future[WorkerResult]:
         """Queue a task; QueueFull or ShuttingDown (both Busy: 503) when it cannot be taken."""

@@ -89,7 +89,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     device = await _choose_device(ctx, settings)
     worker = InferenceWorker(device=device, queue_size=settings.queue_size, model_dir=settings.model_dir,
-                             backend=settings.backend)
+                             backend=settings.backend, decoded_uploads=settings.decoded_uploads)
     await asyncio.to_thread(worker.start, [settings.model])
     ctx["runner"] = JobRunner(JobStore(settings.data_dir), worker, settings)
     log.info("queue worker %s ready on %s with %s", ctx["name"], worker.device, settings.model)

@@ -45,6 +45,20 @@ class JobRunner:
 
     def _run(self, job: JobRecord) -> None:
         run = SegmentUpload(SegmentParams(**job.params), self.settings, self.worker)
+        # A decoded job holds a slot as a synchronous request does (Settings.decoded_uploads);
+        # while the synchronous route fills the slots, its turn comes.
+        while True:
+            try:
+                if self.worker.take_decode_slot(1.0):
+                    break
+            except QueueFull:
+                time.sleep(0.2)
+        try:
+            self._run_decoded(job, run)
+        finally:
+            self.worker.give_back_decode_slot()
+
+    def _run_decoded(self, job: JobRecord, run: SegmentUpload) -> None:
         run.decode([Upload(name, path) for name, path in self.store.inputs(job.id)])
         self.store.set_progress(job.id, 0.05)
 

@@ -234,3 +234,34 @@ def test_the_api_docs_load_nothing_from_another_host(client, page) -> None:
     policy = html.headers["content-security-policy"]
     assert "default-src 'self'" in policy and "img-src 'self' data:" in policy
     assert "content-security-policy" not in client.get("/healthz").headers  # the pages, not the API
+
+
+def test_concurrent_requests_decode_no_more_uploads_than_the_slots(settings, ct_bytes, monkeypatch) -> None:
+    """Memory stays that of `decoded_uploads` volumes whatever the clients: the others wait as files."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.segmentation import SegmentUpload
+    from service.worker import InferenceWorker
+
+    held, most, lock = [0], [0], threading.Lock()
+    decode, give_back = SegmentUpload.decode, InferenceWorker.give_back_decode_slot
+
+    def counted_decode(self, uploads):
+        with lock:
+            held[0] += 1
+            most[0] = max(most[0], held[0])
+        threading.Event().wait(0.3)  # a slow decode: without the slots all four overlap here
+        return decode(self, uploads)
+
+    def counted_give_back(self):
+        with lock:
+            held[0] -= 1
+        give_back(self)
+
+    monkeypatch.setattr(SegmentUpload, "decode", counted_decode)
+    monkeypatch.setattr(InferenceWorker, "give_back_decode_slot", counted_give_back)
+    _, data = ct_bytes
+    with TestClient(create_app(settings.model_copy(update={"decoded_uploads": 1}))) as client, ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: client.post("/segment", params={"output": "json"}, files={"file": ("ct.nii.gz", data)}), range(4)))
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+    assert most[0] == 1 and held[0] == 0

@@ -95,3 +95,26 @@ def test_stop_finishes_what_was_accepted_and_refuses_more(ct) -> None:
     assert all(f.done() and f.exception() is None for f in futures)
     with pytest.raises(Busy, match="shutting down"):
         worker.submit(SegmentTask(ct[0], NAME, InferenceOptions()))
+
+
+def test_decode_slots_bound_the_uploads_held_and_past_the_queue_refuse() -> None:
+    worker = InferenceWorker(device="cpu", queue_size=2, decoded_uploads=2)
+    assert worker.take_decode_slot(0) and worker.take_decode_slot(0)
+    assert not worker.take_decode_slot(0.05)  # both held: a third waits, and gives up at its timeout
+    got: list[bool] = []
+    waiters = [threading.Thread(target=lambda: got.append(worker.take_decode_slot(30))) for _ in range(2)]
+    for thread in waiters:
+        thread.start()
+    while worker._slot_waiters < 2:
+        threading.Event().wait(0.01)
+    with pytest.raises(Busy, match="queue is full"):  # two waiting fill a queue of two
+        worker.take_decode_slot(0)
+    worker.give_back_decode_slot()
+    worker.give_back_decode_slot()
+    for thread in waiters:
+        thread.join(30)
+    assert got == [True, True]
+    worker.give_back_decode_slot()
+    worker.give_back_decode_slot()
+    with pytest.raises(ValueError):  # a slot given back twice is a bug, not a new slot
+        worker.give_back_decode_slot()

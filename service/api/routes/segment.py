@@ -16,9 +16,12 @@ from service.api.deps import MetricsDep, SettingsDep, WorkerDep, require_api_key
 from service.api.responses import ERRORS
 from service.api.uploads import FileField, FilesField, collect, spool
 from service.errors import TimedOut
+from service.metrics import Metrics
 from service.options import SegmentParams
 from service.segmentation import SegmentUpload
+from service.settings import Settings
 from service.summary import summary_headers
+from service.worker import InferenceWorker
 
 router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
 # The summary as a reference to its component (Job holds it, so it is there): an inline
@@ -50,14 +53,41 @@ async def segment(
     """Segment the liver in one CT and answer when it is done (large studies: use /jobs)."""
     parts = collect(file, files)
     run = SegmentUpload(params, settings, worker)  # an unknown model or option: before the upload is read
+    deadline = time.monotonic() + settings.request_timeout_s
     with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.data_dir) as folder:
         uploads = await run_in_threadpool(spool, parts, Path(folder))
-        await run_in_threadpool(run.decode, uploads)
+        # Decode only into a free slot (Settings.decoded_uploads): with many clients the others
+        # wait here as files on disk, not as volumes in memory.
+        while not await run_in_threadpool(worker.take_decode_slot, min(1.0, max(deadline - time.monotonic(), 0.0))):
+            if time.monotonic() >= deadline:
+                raise _timed_out(settings)
+            if await request.is_disconnected():
+                return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+        try:
+            await run_in_threadpool(run.decode, uploads)
+        except BaseException:
+            worker.give_back_decode_slot()
+            raise
+    try:
+        return await _segment(request, run, params, worker, metrics, deadline, settings)
+    finally:
+        worker.give_back_decode_slot()
 
+
+def _timed_out(settings: Settings) -> TimedOut:
+    return TimedOut(
+        f"The segmentation did not finish within {settings.request_timeout_s:.0f} s; "
+        "submit large studies to /jobs instead.",
+        retry_after_s=30,
+    )
+
+
+async def _segment(request: Request, run: SegmentUpload, params: SegmentParams, worker: InferenceWorker,
+                   metrics: Metrics, deadline: float, settings: Settings) -> Response:
+    """Run the decoded upload on the worker and build the answer."""
     task = run.task()
     future = worker.submit(task)
     waiting = asyncio.wrap_future(future)
-    deadline = time.monotonic() + settings.request_timeout_s
     while not waiting.done():
         # Nobody will collect an answer past the deadline or after the client left: the worker
         # stops the task at its next window batch and serves the requests behind it.
@@ -67,15 +97,11 @@ async def segment(
         if time.monotonic() >= deadline:
             task.cancelled.set()
             future.cancel()
-            raise TimedOut(
-                f"The segmentation did not finish within {settings.request_timeout_s:.0f} s; "
-                "submit large studies to /jobs instead.",
-                retry_after_s=30,
-            )
+            raise _timed_out(settings)
         if await request.is_disconnected():
             task.cancelled.set()
             future.cancel()
-            return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+            return Response(status_code=499)
     result = waiting.result()
 
     run.finish(result)
