@@ -4,6 +4,7 @@ ducts, ascites)."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,17 +72,19 @@ def liver_parts(anat: Anatomy) -> list[tuple[tuple, tuple, np.ndarray, float]]:
         )
     tip = o.get("liver_tip")  # anatomy 2 only
     if tip and tip["present"]:
-        # A sheet along the wall from the lobe's middle, where the lobe still meets the wall (so
-        # the two join), down to `length` below the lobe's bottom; the cavity crops what lies
-        # outside it, so the sheet follows the wall's curve.
+        # A sheet from inside the lobe (halfway out from its centre: so the two always join) down
+        # to the lateral wall `length` below the lobe's bottom; the cavity crops what lies outside
+        # it, so below the lobe the sheet lies along the wall's curve.
         t, length = tip["thickness_mm"] * sr, tip["length_mm"] * sr
-        top = right[0][2] - 0.5 * right[1][2]
-        low = right[0][2] - 0.85 * right[1][2] - length
+        y = tip["y"] * BA + sh[1]
+        top = np.array([right[0][0] - 0.5 * right[1][0], y, right[0][2]])
+        low = np.array([-anat.A + 0.5 * t, y, right[0][2] - 0.85 * right[1][2] - length])
+        axis = top - low
         parts.append(
             (
-                (-anat.A + 0.5 * t, tip["y"] * BA + sh[1], 0.5 * (top + low)),
-                (t, tip["depth_mm"] * sr, 0.5 * (top - low)),
-                np.eye(3),
+                tuple(0.5 * (top + low)),
+                (t, tip["depth_mm"] * sr, 0.5 * float(np.linalg.norm(axis))),
+                rotation(0.0, math.degrees(math.atan2(axis[0], axis[2]))),
                 0.0,
             )
         )
