@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phantom-anatomy", type=int, nargs="+", default=d.phantom_anatomy, choices=(1, 2),
                    help="1: the classic phantoms (the bundled model's data); 2: heart, chest-to-pelvis views, "
                         "diseased livers; '1 2': --synthetic N of each")
+    p.add_argument("--sick-fraction", type=float, default=d.sick_fraction, metavar="F",
+                   help="this fraction of the anatomy-2 training phantoms drawn with a cirrhotic liver carrying HCC "
+                        "(the diseased livers real scans show; validation stays as drawn)")
     p.add_argument("--classes", default=d.classes, choices=CLASS_SCHEMES,
                    help="liver: liver or not; organs: the liver and its neighbours (heart, spleen, stomach "
                         "and bowel, kidneys, vessels, gallbladder, pancreas) from the phantoms' tissue maps")

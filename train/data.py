@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import re
 from collections.abc import Sequence
@@ -66,6 +67,8 @@ class CaseSource:
     # 1: the classic phantoms the bundled model learnt from; 2: the anatomy of real scans (heart,
     # chest-to-pelvis views, diseased livers). The default keeps the recorded training chains exact.
     phantom_anatomy: int = 1
+    # make_phantom's disease flags (anatomy 2) as (flag, value) pairs; empty: all drawn
+    phantom_disease: tuple[tuple[str, bool | str], ...] = ()
     split: Literal["training", "validation"] | None = None  # fixed by a datalist, else None
     organs: Path | None = None  # a label map of the organs (TotalSegmentator's classes) on the CT's grid
 
@@ -172,19 +175,33 @@ def find_cases(path: str | Path, data_format: str) -> list[CaseSource]:
     return cases
 
 
+# The diseased liver real scans miss most (a small cirrhotic liver with HCC), for TrainConfig.sick_fraction.
+SICK_LIVER: tuple[tuple[str, bool | str], ...] = (("cirrhosis", True), ("tumours", "hcc"))
+
+
 def phantom_sources(
-    count: int, first_seed: int = 0, spacing_mm: float | None = None, anatomy: int = 1
+    count: int, first_seed: int = 0, spacing_mm: float | None = None, anatomy: int = 1, sick_fraction: float = 0.0
 ) -> list[CaseSource]:
     """`count` synthetic phantoms with consecutive seeds.
 
     spacing_mm: draw them directly on an isotropic grid (fast, for tests); None keeps each
     phantom's own scanner grid (~0.8 x 0.8 x 1-5 mm, 512 wide), which `prepare` then resamples
     as it does a real CT.
+    sick_fraction (anatomy 2): this fraction of them, spread evenly through the seeds, drawn with
+    SICK_LIVER; ValueError outside [0, 1] or with anatomy 1.
     """
-    return [
-        CaseSource(name=f"phantom-{seed}", phantom_seed=seed, phantom_spacing_mm=spacing_mm, phantom_anatomy=anatomy)
-        for seed in range(first_seed, first_seed + count)
-    ]
+    if not 0.0 <= sick_fraction <= 1.0:
+        raise ValueError(f"sick_fraction must be in [0, 1], got {sick_fraction}")
+    if sick_fraction and anatomy != 2:
+        raise ValueError("sick_fraction needs anatomy 2: anatomy 1 draws no liver disease")
+    sources = []
+    for k, seed in enumerate(range(first_seed, first_seed + count)):
+        sick = math.floor((k + 1) * sick_fraction) > math.floor(k * sick_fraction)
+        sources.append(CaseSource(
+            name=f"phantom-{seed}" + ("-cirrhosis-hcc" if sick else ""), phantom_seed=seed,
+            phantom_spacing_mm=spacing_mm, phantom_anatomy=anatomy, phantom_disease=SICK_LIVER if sick else (),
+        ))
+    return sources
 
 
 def split_cases(
@@ -235,7 +252,8 @@ def load_case_with_organs(source: CaseSource) -> tuple[sitk.Image, sitk.Image, s
 
         spacing = source.phantom_spacing_mm
         phantom = make_phantom(
-            source.phantom_seed, spacing_xyz_mm=None if spacing is None else (spacing,) * 3, anatomy=source.phantom_anatomy
+            source.phantom_seed, spacing_xyz_mm=None if spacing is None else (spacing,) * 3,
+            anatomy=source.phantom_anatomy, disease=dict(source.phantom_disease) or None,
         )
         return phantom.ct, sitk.Cast(phantom.liver > 0, sitk.sitkUInt8), phantom.tissues
     if source.image is None or source.label is None:

@@ -69,13 +69,18 @@ class TrainResult:
 def select_cases(config: TrainConfig) -> tuple[list[CaseSource], list[CaseSource], str]:
     """(training sources, validation sources, a sentence describing the data for the card)."""
     if config.synthetic > 0:
+        if config.sick_fraction and 2 not in config.anatomies:
+            raise ValueError("--sick-fraction needs anatomy 2 phantoms (--phantom-anatomy 2 or '1 2')")
         spacing = config.phantom_spacing_mm
         train_sources, val_sources, parts = [], [], []
         for anatomy in config.anatomies:
             first = ANATOMY_SEED_STEP * (anatomy - 1)
-            train_sources += phantom_sources(config.synthetic, first, spacing, anatomy)
+            sick = config.sick_fraction if anatomy == 2 else 0.0
+            train_sources += phantom_sources(config.synthetic, first, spacing, anatomy, sick)
             val_sources += phantom_sources(config.n_val, VALIDATION_PHANTOM_SEED + first, spacing, anatomy)
             drawn = "" if anatomy == 1 and len(config.anatomies) == 1 else f", anatomy {anatomy}"
+            if sick:
+                drawn += f", {sick:.0%} of them with a cirrhotic liver carrying HCC"
             parts.append(f"{config.synthetic} synthetic phantoms (train.phantoms.make_phantom{drawn}, seeds "
                          f"{first}-{first + config.synthetic - 1}")
         grid = "their own scanner grids" if spacing is None else f"a {spacing:g} mm grid"

@@ -123,3 +123,36 @@ def test_prepared_cases_are_cached_and_read_back_for_the_same_contract_only(tmp_
     with pytest.raises(AssertionError, match="prepared again"):  # another grid is another case
         prepare_cases(sources, CONTRACT.model_copy(update={"spacing_xyz_mm": (8.0, 8.0, 8.0)}),
                       seed=5, cache_dir=tmp_path)
+
+
+def test_a_sick_fraction_draws_that_share_of_anatomy_2_phantoms_cirrhotic_with_hcc() -> None:
+    from dataclasses import replace
+
+    from train.config import TrainConfig
+    from train.data import SICK_LIVER, load_case_with_organs
+    from train.trainer import select_cases
+
+    sources = phantom_sources(10, 10_000, spacing_mm=6.0, anatomy=2, sick_fraction=0.3)
+    sick = [s for s in sources if s.phantom_disease]
+    assert [s.phantom_seed for s in sick] == [10_003, 10_006, 10_009]  # spread through the seeds
+    assert all(s.phantom_disease == SICK_LIVER and s.name.endswith("-cirrhosis-hcc") for s in sick)
+    assert not any(s.phantom_disease for s in phantom_sources(4, 10_000, anatomy=2))
+    # Seed 10009 is drawn with a healthy-sized liver and metastases: given SICK_LIVER, its liver
+    # is smaller and holds HCC.
+    healthy = replace(sick[2], name="phantom-10009", phantom_disease=())
+    assert make_phantom(10_009, anatomy=2, spacing_xyz_mm=(6.0,) * 3).params["disease"]["tumours"] == "metastases"
+    _, liver, _ = load_case_with_organs(sick[2])
+    _, liver0, _ = load_case_with_organs(healthy)
+    volume = lambda image: float(sitk.GetArrayViewFromImage(image).sum())  # noqa: E731
+    assert volume(liver) < 0.9 * volume(liver0)
+    with pytest.raises(ValueError, match="needs anatomy 2"):
+        phantom_sources(4, 0, anatomy=1, sick_fraction=0.5)
+    # A run: only anatomy 2's training phantoms, not its validation nor anatomy 1's; the card says so.
+    train, val, text = select_cases(TrainConfig(synthetic=4, n_val=2, phantom_anatomy=(1, 2), sick_fraction=0.5))
+    assert [s.phantom_seed for s in train if s.phantom_disease] == [10_001, 10_003]
+    assert not any(s.phantom_disease for s in val)
+    assert "anatomy 2, 50% of them with a cirrhotic liver carrying HCC" in text
+    with pytest.raises(ValueError, match="needs anatomy 2"):
+        select_cases(TrainConfig(synthetic=4, sick_fraction=0.5))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        phantom_sources(4, 10_000, anatomy=2, sick_fraction=1.5)
