@@ -303,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="first phantom seed (default: the trainer's validation seeds)")
     parser.add_argument("--anatomy", type=int, default=1, choices=(1, 2),
                         help="phantoms' anatomy: 1 the classic set (the README's held-out figures), 2 heart and disease")
+    parser.add_argument("--sick", action="store_true",
+                        help="anatomy 2: every phantom drawn with a cirrhotic liver carrying HCC (train.data.SICK_LIVER), "
+                             "the diseased livers real scans show")
     parser.add_argument("--cases", type=int, default=None, help="evaluate only the first N cases")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--confidence", action="store_true", help="also score the confidence map (AUROC)")
@@ -320,8 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     model = load_model(args.model, args.checkpoints, device=device)
-    sources = (phantom_sources(args.synthetic, args.first_seed, anatomy=args.anatomy) if args.synthetic
-               else find_cases(args.data, args.format))
+    if args.sick and (args.anatomy != 2 or not args.synthetic):
+        parser.error("--sick needs --synthetic N --anatomy 2")
+    sources = (phantom_sources(args.synthetic, args.first_seed, anatomy=args.anatomy, sick_fraction=float(args.sick))
+               if args.synthetic else find_cases(args.data, args.format))
     sources = sources[: args.cases] if args.cases else sources
     out = Path(args.out or Path("runs") / "eval" / args.model)
     out.mkdir(parents=True, exist_ok=True)

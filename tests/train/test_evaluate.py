@@ -9,7 +9,7 @@ from torch import nn
 
 from model_zoo.card import InputContract, ModelCard
 from model_zoo.registry import LoadedModel
-from tests.conftest import ORIENTATIONS, dice, sphere_ct
+from tests.conftest import ORIENTATIONS, TINY, dice, sphere_ct
 from train.evaluate import (
     confidence_auroc,
     evaluate_case,
@@ -150,3 +150,26 @@ def test_a_case_with_an_organ_map_reports_its_false_positives_by_organ(tmp_path)
     assert mean_metrics([result], "x")["x_max_neighbour_fp_ml"] == 8.0
     write_csv([result], tmp_path / "metrics.csv")
     assert "fp_heart_ml" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_sick_evaluates_cirrhotic_hcc_phantoms_and_needs_anatomy_2(monkeypatch, tiny_checkpoint_dir, tmp_path) -> None:
+    import train.evaluate
+    from train.data import SICK_LIVER
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(case):
+        seen.append(case)
+        raise Stop
+
+    monkeypatch.setattr(train.evaluate, "load_case_with_organs", record)
+    with pytest.raises(Stop):
+        train.evaluate.main(["--model", TINY, "--checkpoints", str(tiny_checkpoint_dir), "--synthetic", "3",
+                             "--anatomy", "2", "--sick", "--device", "cpu", "--out", str(tmp_path)])
+    assert seen[0].phantom_disease == SICK_LIVER and seen[0].phantom_anatomy == 2
+    with pytest.raises(SystemExit):
+        train.evaluate.main(["--model", TINY, "--checkpoints", str(tiny_checkpoint_dir), "--synthetic", "3",
+                             "--sick", "--out", str(tmp_path)])
