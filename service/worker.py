@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,18 @@ class SegmentTask:
     # Set by whoever waits on the task when nobody will collect its result (a timed-out request,
     # a client gone): the worker stops it at the next window batch and takes the next task.
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(eq=False)
+class DecodeTicket:
+    """A place in line for a slot to decode an upload into (InferenceWorker.decode_ticket)."""
+
+    granted: threading.Event = field(default_factory=threading.Event)
+    given_back: bool = False
+
+    def wait(self, timeout: float | None) -> bool:
+        """True once the slot is this ticket's (it keeps its place in line when the wait times out)."""
+        return self.granted.wait(timeout)
 
 
 class Cancelled(Exception):
@@ -74,8 +87,8 @@ class InferenceWorker:
         self._started = 0.0  # when the running task started
         # Uploads decoded and held in memory at once, the running one included (Settings.decoded_uploads):
         # a request past them waits as files on disk, so memory does not grow with the clients.
-        self._decode_slots = threading.BoundedSemaphore(decoded_uploads)
-        self._slot_waiters = 0
+        self._free_slots = decoded_uploads
+        self._slot_line: deque[DecodeTicket] = deque()
         self._slot_lock = threading.Lock()
 
     def check_model(self, name: str) -> ModelCard:
@@ -118,28 +131,38 @@ class InferenceWorker:
         """Mean duration of the last runs; None before the first."""
         return sum(self.recent_seconds) / len(self.recent_seconds) if self.recent_seconds else None
 
-    def take_decode_slot(self, timeout: float) -> bool:
-        """Wait up to `timeout` s for a slot to decode an upload into (give it back with
-        `give_back_decode_slot` once its answer is built); False when none came. QueueFull when the
-        requests already waiting for one, and the queue, hold `queue_size`."""
-        if self._decode_slots.acquire(blocking=False):
-            return True
+    def decode_ticket(self) -> DecodeTicket:
+        """A place in line for a slot to decode an upload into (Settings.decoded_uploads): granted at
+        once when a slot is free and nobody waits, else in arrival order as slots are given back.
+        Give it back with `give_back_decode_ticket` once the answer is built, or to leave the line.
+        QueueFull when those waiting, and the queue, already hold `queue_size`."""
+        ticket = DecodeTicket()
         with self._slot_lock:
-            if self._slot_waiters + self.queue_depth >= self._queue.maxsize:
+            if self._free_slots and not self._slot_line:
+                self._free_slots -= 1
+                ticket.granted.set()
+            elif len(self._slot_line) + self.queue_depth >= self._queue.maxsize:
                 raise QueueFull(
                     f"The inference queue is full ({self._queue.maxsize} waiting); try again shortly.",
                     retry_after_s=max(1, round(self.mean_run_s or 5)),
                 )
-            self._slot_waiters += 1
-        try:
-            return self._decode_slots.acquire(timeout=timeout)
-        finally:
-            with self._slot_lock:
-                self._slot_waiters -= 1
+            else:
+                self._slot_line.append(ticket)
+        return ticket
 
-    def give_back_decode_slot(self) -> None:
-        """Free a slot taken with `take_decode_slot`."""
-        self._decode_slots.release()
+    def give_back_decode_ticket(self, ticket: DecodeTicket) -> None:
+        """Free a granted ticket's slot for the first in line, or take a waiting one out of the line."""
+        with self._slot_lock:
+            if not ticket.granted.is_set():
+                self._slot_line.remove(ticket)
+                return
+            if ticket.given_back:
+                raise ValueError("this decode ticket was given back already")
+            ticket.given_back = True
+            if self._slot_line:
+                self._slot_line.popleft().granted.set()
+            else:
+                self._free_slots += 1
 
     def submit(self, task: SegmentTask) -> Future[WorkerResult]:
         """Queue a task; QueueFull or ShuttingDown (both Busy: 503) when it cannot be taken."""

@@ -46,17 +46,18 @@ class JobRunner:
     def _run(self, job: JobRecord) -> None:
         run = SegmentUpload(SegmentParams(**job.params), self.settings, self.worker)
         # A decoded job holds a slot as a synchronous request does (Settings.decoded_uploads);
-        # while the synchronous route fills the slots, its turn comes.
+        # while the synchronous route fills the line, its turn comes.
         while True:
             try:
-                if self.worker.take_decode_slot(1.0):
-                    break
+                ticket = self.worker.decode_ticket()
+                break
             except QueueFull:
                 time.sleep(0.2)
         try:
+            ticket.wait(None)
             self._run_decoded(job, run)
         finally:
-            self.worker.give_back_decode_slot()
+            self.worker.give_back_decode_ticket(ticket)
 
     def _run_decoded(self, job: JobRecord, run: SegmentUpload) -> None:
         run.decode([Upload(name, path) for name, path in self.store.inputs(job.id)])

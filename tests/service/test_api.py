@@ -244,7 +244,7 @@ def test_concurrent_requests_decode_no_more_uploads_than_the_slots(settings, ct_
     from service.worker import InferenceWorker
 
     held, most, lock = [0], [0], threading.Lock()
-    decode, give_back = SegmentUpload.decode, InferenceWorker.give_back_decode_slot
+    decode, give_back = SegmentUpload.decode, InferenceWorker.give_back_decode_ticket
 
     def counted_decode(self, uploads):
         with lock:
@@ -253,13 +253,13 @@ def test_concurrent_requests_decode_no_more_uploads_than_the_slots(settings, ct_
         threading.Event().wait(0.3)  # a slow decode: without the slots all four overlap here
         return decode(self, uploads)
 
-    def counted_give_back(self):
+    def counted_give_back(self, ticket):
         with lock:
             held[0] -= 1
-        give_back(self)
+        give_back(self, ticket)
 
     monkeypatch.setattr(SegmentUpload, "decode", counted_decode)
-    monkeypatch.setattr(InferenceWorker, "give_back_decode_slot", counted_give_back)
+    monkeypatch.setattr(InferenceWorker, "give_back_decode_ticket", counted_give_back)
     _, data = ct_bytes
     with TestClient(create_app(settings.model_copy(update={"decoded_uploads": 1}))) as client, ThreadPoolExecutor(4) as pool:
         responses = list(pool.map(lambda _: client.post("/segment", params={"output": "json"}, files={"file": ("ct.nii.gz", data)}), range(4)))

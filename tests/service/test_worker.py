@@ -97,24 +97,34 @@ def test_stop_finishes_what_was_accepted_and_refuses_more(ct) -> None:
         worker.submit(SegmentTask(ct[0], NAME, InferenceOptions()))
 
 
-def test_decode_slots_bound_the_uploads_held_and_past_the_queue_refuse() -> None:
-    worker = InferenceWorker(device="cpu", queue_size=2, decoded_uploads=2)
-    assert worker.take_decode_slot(0) and worker.take_decode_slot(0)
-    assert not worker.take_decode_slot(0.05)  # both held: a third waits, and gives up at its timeout
+def test_decode_slots_are_granted_in_arrival_order_and_past_the_queue_refused() -> None:
+    worker = InferenceWorker(device="cpu", queue_size=3, decoded_uploads=2)
+    first, second = worker.decode_ticket(), worker.decode_ticket()
+    assert first.wait(0) and second.wait(0)
+    third, fourth, fifth = worker.decode_ticket(), worker.decode_ticket(), worker.decode_ticket()
+    assert not third.wait(0.05)  # both slots held: it waits, and keeps its place when the wait times out
+    with pytest.raises(Busy, match="queue is full"):  # three in line fill a queue of three
+        worker.decode_ticket()
+    worker.give_back_decode_ticket(fourth)  # leaves the line (its client left)
+    worker.give_back_decode_ticket(second)
+    assert third.wait(0) and not fifth.wait(0)  # the first in line, not the last
+    worker.give_back_decode_ticket(first)
+    assert fifth.wait(0)
+    with pytest.raises(ValueError, match="given back already"):  # a slot given back twice is a bug
+        worker.give_back_decode_ticket(first)
+    worker.give_back_decode_ticket(third)
+    worker.give_back_decode_ticket(fifth)
+    assert worker.decode_ticket().wait(0) and worker.decode_ticket().wait(0)  # two free again, no more
+    assert not worker.decode_ticket().wait(0)
+
+
+def test_a_ticket_waiting_in_another_thread_gets_the_slot_given_back() -> None:
+    worker = InferenceWorker(device="cpu", queue_size=2, decoded_uploads=1)
+    held = worker.decode_ticket()
+    waiting = worker.decode_ticket()
     got: list[bool] = []
-    waiters = [threading.Thread(target=lambda: got.append(worker.take_decode_slot(30))) for _ in range(2)]
-    for thread in waiters:
-        thread.start()
-    while worker._slot_waiters < 2:
-        threading.Event().wait(0.01)
-    with pytest.raises(Busy, match="queue is full"):  # two waiting fill a queue of two
-        worker.take_decode_slot(0)
-    worker.give_back_decode_slot()
-    worker.give_back_decode_slot()
-    for thread in waiters:
-        thread.join(30)
-    assert got == [True, True]
-    worker.give_back_decode_slot()
-    worker.give_back_decode_slot()
-    with pytest.raises(ValueError):  # a slot given back twice is a bug, not a new slot
-        worker.give_back_decode_slot()
+    thread = threading.Thread(target=lambda: got.append(waiting.wait(30)))
+    thread.start()
+    worker.give_back_decode_ticket(held)
+    thread.join(30)
+    assert got == [True]

@@ -54,24 +54,21 @@ async def segment(
     parts = collect(file, files)
     run = SegmentUpload(params, settings, worker)  # an unknown model or option: before the upload is read
     deadline = time.monotonic() + settings.request_timeout_s
-    with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.data_dir) as folder:
-        uploads = await run_in_threadpool(spool, parts, Path(folder))
-        # Decode only into a free slot (Settings.decoded_uploads): with many clients the others
-        # wait here as files on disk, not as volumes in memory.
-        while not await run_in_threadpool(worker.take_decode_slot, min(1.0, max(deadline - time.monotonic(), 0.0))):
-            if time.monotonic() >= deadline:
-                raise _timed_out(settings)
-            if await request.is_disconnected():
-                return Response(status_code=499)  # nginx's "client closed request": nobody reads it
-        try:
-            await run_in_threadpool(run.decode, uploads)
-        except BaseException:
-            worker.give_back_decode_slot()
-            raise
+    # Decode only into a free slot (Settings.decoded_uploads), in arrival order: with many
+    # clients the others wait here as files on disk, not as volumes in memory.
+    ticket = worker.decode_ticket()
     try:
+        with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.data_dir) as folder:
+            uploads = await run_in_threadpool(spool, parts, Path(folder))
+            while not await run_in_threadpool(ticket.wait, min(1.0, max(deadline - time.monotonic(), 0.0))):
+                if time.monotonic() >= deadline:
+                    raise _timed_out(settings)
+                if await request.is_disconnected():
+                    return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+            await run_in_threadpool(run.decode, uploads)
         return await _segment(request, run, params, worker, metrics, deadline, settings)
     finally:
-        worker.give_back_decode_slot()
+        worker.give_back_decode_ticket(ticket)
 
 
 def _timed_out(settings: Settings) -> TimedOut:
