@@ -15,7 +15,7 @@ so the cost is known without looking at the scan.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -271,7 +271,7 @@ def segment(
             summary = summarise_confidence(
                 restored[1], region_mask, low=options.low_confidence, review_fraction=options.review_fraction
             )
-            stats = _mask_statistics(image, full_mask)
+            stats = _mask_statistics(image, region_mask, start)
     mask_image = sitk.GetImageFromArray(full_mask)
     mask_image.CopyInformation(image)
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
@@ -300,13 +300,21 @@ def segment(
     )
 
 
-def _mask_statistics(image: sitk.Image, mask: np.ndarray) -> dict[str, object]:
-    """Mean HU inside the mask and its bounding box in voxels (x, y, z) and in LPS millimetres."""
-    nz = np.nonzero(mask)
-    lo = [int(v.min()) for v in nz]
-    hi = [int(v.max()) for v in nz]
+def _mask_statistics(image: sitk.Image, mask: np.ndarray, region_start_xyz: Sequence[int]) -> dict[str, object]:
+    """Mean HU inside the mask and its bounding box in voxels (x, y, z) and in LPS millimetres.
+
+    `mask` (z, y, x) is the region of the image's grid whose first voxel is `region_start_xyz`: the box
+    comes from its projections, where np.nonzero over a whole 512x512x300 grid took 0.5 s.
+    """
+    offset = list(region_start_xyz)[::-1]
+    inner = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        inner.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    lo = [int(part.start) + o for part, o in zip(inner, offset, strict=True)]
+    hi = [int(part.stop) - 1 + o for part, o in zip(inner, offset, strict=True)]
     box = tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
-    hu = sitk.GetArrayViewFromImage(image)[box][mask[box].astype(bool)]
+    hu = sitk.GetArrayViewFromImage(image)[box][mask[tuple(inner)].astype(bool)]
     start_xyz, end_xyz = lo[::-1], hi[::-1]
     corners = np.array([
         image.TransformIndexToPhysicalPoint((x, y, z))

@@ -193,3 +193,27 @@ def test_the_window_count_is_the_one_the_engine_runs(overlap: float, tta: bool) 
     windows, passes = window_cost(prepare(ct, model.card.input).array.shape, model.card, options)
     result = segment(ct, model, options)
     assert (windows, passes) == (result.windows_total, 4 if tta else 1)
+
+
+def test_mask_statistics_of_a_region_match_those_of_the_whole_grid() -> None:
+    from service.pipeline import _mask_statistics
+
+    rng = np.random.default_rng(3)
+    hu = rng.integers(-100, 200, (30, 40, 50)).astype(np.int16)
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((0.8, 0.9, 2.5))
+    image.SetOrigin((-20.0, 10.0, 300.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    whole = np.zeros(hu.shape, bool)
+    whole[7:19, 12:30, 5:41] = rng.random((12, 18, 36)) > 0.7
+    start_xyz = (3, 10, 6)  # the region (z 6.., y 10.., x 3..) holds the whole mask
+    region = whole[6:25, 10:35, 3:45]
+    got = _mask_statistics(image, region, start_xyz)
+    nz = np.nonzero(whole)
+    lo, hi = [int(v.min()) for v in nz][::-1], [int(v.max()) for v in nz][::-1]
+    assert got["bbox_start_xyz"] == lo and got["bbox_size_xyz"] == [b - a + 1 for a, b in zip(lo, hi, strict=True)]
+    assert got["liver_mean_hu"] == pytest.approx(float(hu[whole].mean()))
+    corners = np.array([image.TransformIndexToPhysicalPoint((x, y, z)) for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
+                        for z in (lo[2], hi[2])])
+    assert got["bbox_min_lps_mm"] == [round(float(v), 2) for v in corners.min(0)]
+    assert got["bbox_max_lps_mm"] == [round(float(v), 2) for v in corners.max(0)]
