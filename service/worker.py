@@ -131,6 +131,13 @@ class InferenceWorker:
         """Mean duration of the last runs; None before the first."""
         return sum(self.recent_seconds) / len(self.recent_seconds) if self.recent_seconds else None
 
+    def _queue_full(self) -> QueueFull:
+        return QueueFull(
+            f"The inference queue is full ({self._queue.maxsize} waiting); try again shortly.",
+            # A slot frees when the running task ends: about one run from now.
+            retry_after_s=max(1, round(self.mean_run_s or 5)),
+        )
+
     def decode_ticket(self) -> DecodeTicket:
         """A place in line for a slot to decode an upload into (Settings.decoded_uploads): granted at
         once when a slot is free and nobody waits, else in arrival order as slots are given back.
@@ -142,10 +149,7 @@ class InferenceWorker:
                 self._free_slots -= 1
                 ticket.granted.set()
             elif len(self._slot_line) + self.queue_depth >= self._queue.maxsize:
-                raise QueueFull(
-                    f"The inference queue is full ({self._queue.maxsize} waiting); try again shortly.",
-                    retry_after_s=max(1, round(self.mean_run_s or 5)),
-                )
+                raise self._queue_full()
             else:
                 self._slot_line.append(ticket)
         return ticket
@@ -172,11 +176,7 @@ class InferenceWorker:
         try:
             self._queue.put_nowait((future, task, time.perf_counter()))
         except queue.Full:
-            raise QueueFull(
-                f"The inference queue is full ({self._queue.maxsize} waiting); try again shortly.",
-                # A slot frees when the running task ends: about one run from now.
-                retry_after_s=max(1, round(self.mean_run_s or 5)),
-            ) from None
+            raise self._queue_full() from None
         return future
 
     def stop(self, timeout: float | None = None) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from service.errors import LiversegError, QueueFull
 from service.io.decode import Upload
@@ -16,6 +18,7 @@ from service.settings import Settings
 from service.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class JobRunner:
@@ -47,12 +50,7 @@ class JobRunner:
         run = SegmentUpload(SegmentParams(**job.params), self.settings, self.worker)
         # A decoded job holds a slot as a synchronous request does (Settings.decoded_uploads);
         # while the synchronous route fills the line, its turn comes.
-        while True:
-            try:
-                ticket = self.worker.decode_ticket()
-                break
-            except QueueFull:
-                time.sleep(0.2)
+        ticket = _when_not_full(self.worker.decode_ticket)
         try:
             ticket.wait(None)
             self._run_decoded(job, run)
@@ -71,12 +69,7 @@ class JobRunner:
                 self.store.set_progress(job.id, 0.05 + 0.85 * fraction)
 
         task = run.task(progress)
-        while True:
-            try:
-                future = self.worker.submit(task)
-                break
-            except QueueFull:
-                time.sleep(0.2)  # the synchronous route filled the queue; our turn comes
+        future = _when_not_full(lambda: self.worker.submit(task))
         run.finish(future.result())
 
         if self.store.get(job.id) is None:
@@ -88,3 +81,13 @@ class JobRunner:
         summary = run.summary(time.perf_counter() - started)
         (folder / JOB_FILES["summary"]).write_text(summary.model_dump_json(indent=2))
         self.store.finish(job.id, summary.model_dump(), run.no_seg_reason)
+
+
+def _when_not_full(take: Callable[[], T]) -> T:
+    """take(), tried again every 0.2 s while it raises QueueFull: the synchronous route filled the
+    queue (or the line for a decode slot); a job's turn comes."""
+    while True:
+        try:
+            return take()
+        except QueueFull:
+            time.sleep(0.2)
