@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sick-fraction", type=float, default=d.sick_fraction, metavar="F",
                    help="this fraction of the anatomy-2 training phantoms drawn with a cirrhotic liver carrying HCC "
                         "(the diseased livers real scans show; validation stays as drawn)")
+    p.add_argument("--ascites-fraction", type=float, default=d.ascites_fraction, metavar="F",
+                   help="this fraction of those sick livers inside heavy ascites (a 20-40 mm rim of fluid)")
     p.add_argument("--classes", default=d.classes, choices=CLASS_SCHEMES,
                    help="liver: liver or not; organs: the liver and its neighbours (heart, spleen, stomach "
                         "and bowel, kidneys, vessels, gallbladder, pancreas) from the phantoms' tissue maps")

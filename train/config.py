@@ -36,6 +36,9 @@ class TrainConfig:
     # (train.data.SICK_LIVER; the other flags drawn): the diseased livers real scans show and the
     # drawn rates (cirrhosis 15 %, HCC in half of those) give a few of. Validation stays as drawn.
     sick_fraction: float = 0.0
+    # This fraction of those sick livers inside heavy ascites (train.data.HEAVY_ASCITES_MM): the
+    # drawn rims are mostly thin, and the liver inside a thick one was lost entirely.
+    ascites_fraction: float = 0.0
     data: str | None = None
     data_format: str = "msd"
     n_val: int = 2

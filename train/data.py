@@ -68,7 +68,7 @@ class CaseSource:
     # chest-to-pelvis views, diseased livers). The default keeps the recorded training chains exact.
     phantom_anatomy: int = 1
     # make_phantom's disease flags (anatomy 2) as (flag, value) pairs; empty: all drawn
-    phantom_disease: tuple[tuple[str, bool | str], ...] = ()
+    phantom_disease: tuple[tuple[str, bool | str | float], ...] = ()
     split: Literal["training", "validation"] | None = None  # fixed by a datalist, else None
     organs: Path | None = None  # a label map of the organs (TotalSegmentator's classes) on the CT's grid
 
@@ -176,11 +176,30 @@ def find_cases(path: str | Path, data_format: str) -> list[CaseSource]:
 
 
 # The diseased liver real scans miss most (a small cirrhotic liver with HCC), for TrainConfig.sick_fraction.
-SICK_LIVER: tuple[tuple[str, bool | str], ...] = (("cirrhosis", True), ("tumours", "hcc"))
+SICK_LIVER: tuple[tuple[str, bool | str | float], ...] = (("cirrhosis", True), ("tumours", "hcc"))
+# Heavy ascites around it (TrainConfig.ascites_fraction): a rim this thick, in mm. The drawn rim
+# (log-uniform 4-30 mm) is over 20 mm in a fifth of ascitic livers; a liver inside 3.5 L of fluid
+# (a 23 mm rim) was the held-out sick phantom the model lost entirely.
+HEAVY_ASCITES_MM = (20.0, 40.0)
+
+
+def sick_liver_in_ascites(rim_mm: float) -> tuple[tuple[str, bool | str | float], ...]:
+    """SICK_LIVER inside heavy ascites, a rim of rim_mm."""
+    return (*SICK_LIVER, ("ascites", True), ("ascites_mm", float(rim_mm)))
+
+
+def _every(k: int, fraction: float) -> bool:
+    """Whether item k is one of `fraction` of a run, spread evenly through it."""
+    return math.floor((k + 1) * fraction) > math.floor(k * fraction)
 
 
 def phantom_sources(
-    count: int, first_seed: int = 0, spacing_mm: float | None = None, anatomy: int = 1, sick_fraction: float = 0.0
+    count: int,
+    first_seed: int = 0,
+    spacing_mm: float | None = None,
+    anatomy: int = 1,
+    sick_fraction: float = 0.0,
+    ascites_fraction: float = 0.0,
 ) -> list[CaseSource]:
     """`count` synthetic phantoms with consecutive seeds.
 
@@ -189,18 +208,28 @@ def phantom_sources(
     as it does a real CT.
     sick_fraction (anatomy 2): this fraction of them, spread evenly through the seeds, drawn with
     SICK_LIVER; ValueError outside [0, 1] or with anatomy 1.
+    ascites_fraction: this fraction of the sick ones, spread evenly through them, inside heavy
+    ascites (sick_liver_in_ascites, the rims spread over HEAVY_ASCITES_MM); ValueError outside
+    [0, 1].
     """
-    if not 0.0 <= sick_fraction <= 1.0:
-        raise ValueError(f"sick_fraction must be in [0, 1], got {sick_fraction}")
+    for name, value in (("sick_fraction", sick_fraction), ("ascites_fraction", ascites_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
     if sick_fraction and anatomy != 2:
         raise ValueError("sick_fraction needs anatomy 2: anatomy 1 draws no liver disease")
-    sources = []
+    sources, n_sick = [], 0
+    lo, hi = HEAVY_ASCITES_MM
     for k, seed in enumerate(range(first_seed, first_seed + count)):
-        sick = math.floor((k + 1) * sick_fraction) > math.floor(k * sick_fraction)
-        sources.append(CaseSource(
-            name=f"phantom-{seed}" + ("-cirrhosis-hcc" if sick else ""), phantom_seed=seed,
-            phantom_spacing_mm=spacing_mm, phantom_anatomy=anatomy, phantom_disease=SICK_LIVER if sick else (),
-        ))
+        name, disease = f"phantom-{seed}", ()
+        if _every(k, sick_fraction):
+            name, disease = name + "-cirrhosis-hcc", SICK_LIVER
+            if _every(n_sick, ascites_fraction):
+                # golden-ratio steps spread the rims over the range whatever the count
+                rim = round(lo + (hi - lo) * ((n_sick * 0.6180339887) % 1.0), 1)
+                name, disease = name + f"-ascites{rim:.0f}mm", sick_liver_in_ascites(rim)
+            n_sick += 1
+        sources.append(CaseSource(name=name, phantom_seed=seed, phantom_spacing_mm=spacing_mm,
+                                  phantom_anatomy=anatomy, phantom_disease=disease))
     return sources
 
 

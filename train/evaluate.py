@@ -306,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sick", action="store_true",
                         help="anatomy 2: every phantom drawn with a cirrhotic liver carrying HCC (train.data.SICK_LIVER), "
                              "the diseased livers real scans show")
+    parser.add_argument("--ascites", action="store_true",
+                        help="with --sick: every one inside heavy ascites (train.data.HEAVY_ASCITES_MM)")
     parser.add_argument("--cases", type=int, default=None, help="evaluate only the first N cases")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--confidence", action="store_true", help="also score the confidence map (AUROC)")
@@ -325,7 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(args.model, args.checkpoints, device=device)
     if args.sick and (args.anatomy != 2 or not args.synthetic):
         parser.error("--sick needs --synthetic N --anatomy 2")
-    sources = (phantom_sources(args.synthetic, args.first_seed, anatomy=args.anatomy, sick_fraction=float(args.sick))
+    if args.ascites and not args.sick:
+        parser.error("--ascites needs --sick")
+    sources = (phantom_sources(args.synthetic, args.first_seed, anatomy=args.anatomy, sick_fraction=float(args.sick),
+                               ascites_fraction=float(args.ascites))
                if args.synthetic else find_cases(args.data, args.format))
     sources = sources[: args.cases] if args.cases else sources
     out = Path(args.out or Path("runs") / "eval" / args.model)

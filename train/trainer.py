@@ -33,6 +33,7 @@ from train.augment import Augmenter
 from train.classes import add_classes, class_names, dice_class_weights
 from train.config import ANATOMY_SEED_STEP, VALIDATION_PHANTOM_SEED, TrainConfig
 from train.data import (
+    HEAVY_ASCITES_MM,
     CaseSource,
     PatchSampler,
     PreparedCase,
@@ -71,24 +72,30 @@ def select_cases(config: TrainConfig) -> tuple[list[CaseSource], list[CaseSource
     if config.synthetic > 0:
         if config.sick_fraction and 2 not in config.anatomies:
             raise ValueError("--sick-fraction needs anatomy 2 phantoms (--phantom-anatomy 2 or '1 2')")
+        if config.ascites_fraction and not config.sick_fraction:
+            raise ValueError("--ascites-fraction is a share of the sick livers: it needs --sick-fraction")
         spacing = config.phantom_spacing_mm
         train_sources, val_sources, parts = [], [], []
         for anatomy in config.anatomies:
             first = ANATOMY_SEED_STEP * (anatomy - 1)
             sick = config.sick_fraction if anatomy == 2 else 0.0
-            train_sources += phantom_sources(config.synthetic, first, spacing, anatomy, sick)
+            ascites = config.ascites_fraction if sick else 0.0
+            train_sources += phantom_sources(config.synthetic, first, spacing, anatomy, sick, ascites)
             val_sources += phantom_sources(config.n_val, VALIDATION_PHANTOM_SEED + first, spacing, anatomy)
             drawn = "" if anatomy == 1 and len(config.anatomies) == 1 else f", anatomy {anatomy}"
             if sick:
                 drawn += f", {sick:.0%} of them with a cirrhotic liver carrying HCC"
+                if ascites:
+                    lo, hi = HEAVY_ASCITES_MM
+                    drawn += f" ({ascites:.0%} of those inside heavy ascites, a {lo:g}-{hi:g} mm rim)"
             parts.append(f"{config.synthetic} synthetic phantoms (train.phantoms.make_phantom{drawn}, seeds "
-                         f"{first}-{first + config.synthetic - 1}")
+                         f"{first}-{first + config.synthetic - 1})")
         grid = "their own scanner grids" if spacing is None else f"a {spacing:g} mm grid"
         val_seeds = ", ".join(f"{VALIDATION_PHANTOM_SEED + ANATOMY_SEED_STEP * (a - 1)}-"
                               f"{VALIDATION_PHANTOM_SEED + ANATOMY_SEED_STEP * (a - 1) + config.n_val - 1}"
                               for a in config.anatomies)
         each = " of each" if len(config.anatomies) > 1 else ""
-        text = (f"{' and '.join(parts)}, drawn on {grid}); validated on {config.n_val} more{each} "
+        text = (f"{' and '.join(parts)}, drawn on {grid}; validated on {config.n_val} more{each} "
                 f"(seeds {val_seeds})")
         if config.classes != "liver":
             text += f"; classes {', '.join(class_names(config.classes)[1:])} from the tissue maps"

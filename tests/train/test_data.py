@@ -156,3 +156,34 @@ def test_a_sick_fraction_draws_that_share_of_anatomy_2_phantoms_cirrhotic_with_h
         select_cases(TrainConfig(synthetic=4, sick_fraction=0.5))
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         phantom_sources(4, 10_000, anatomy=2, sick_fraction=1.5)
+
+
+def test_an_ascites_fraction_puts_that_share_of_the_sick_livers_inside_heavy_ascites() -> None:
+    from train.config import TrainConfig
+    from train.data import HEAVY_ASCITES_MM, SICK_LIVER, sick_liver_in_ascites
+    from train.phantoms import ASCITES
+    from train.trainer import select_cases
+
+    sources = phantom_sources(20, 10_000, spacing_mm=6.0, anatomy=2, sick_fraction=0.5, ascites_fraction=0.5)
+    sick = [s for s in sources if s.phantom_disease]
+    heavy = [s for s in sick if dict(s.phantom_disease).get("ascites")]
+    assert len(sick) == 10 and [sick.index(s) for s in heavy] == [1, 3, 5, 7, 9]  # spread through the sick
+    assert all(s.phantom_disease[:2] == SICK_LIVER for s in sick)
+    rims = [dict(s.phantom_disease)["ascites_mm"] for s in heavy]
+    assert all(HEAVY_ASCITES_MM[0] <= r <= HEAVY_ASCITES_MM[1] for r in rims) and len(set(rims)) == 5
+    assert all(s.name.endswith(f"-cirrhosis-hcc-ascites{r:.0f}mm") for s, r in zip(heavy, rims, strict=True))
+    # The given rim is the fluid painted: a 40 mm rim holds over twice the fluid of a 10 mm one.
+    def fluid_ml(rim: float) -> float:
+        p = make_phantom(10_003, anatomy=2, spacing_xyz_mm=(6.0,) * 3, disease=dict(sick_liver_in_ascites(rim)))
+        return float((sitk.GetArrayViewFromImage(p.tissues) == ASCITES).sum()) * 0.216
+    thin, thick = fluid_ml(10.0), fluid_ml(40.0)
+    assert thick > 2 * thin > 0
+    _, _, text = select_cases(TrainConfig(synthetic=4, n_val=1, phantom_anatomy=2, sick_fraction=0.5,
+                                          ascites_fraction=1.0))
+    assert "(100% of those inside heavy ascites, a 20-40 mm rim), seeds 10000-10003), drawn on" in text
+    assert text.count("(") == text.count(")")
+    with pytest.raises(ValueError, match="needs --sick-fraction"):
+        select_cases(TrainConfig(synthetic=4, phantom_anatomy=2, ascites_fraction=0.5))
+    with pytest.raises(ValueError, match=r"ascites_fraction must be in \[0, 1\]"):
+        phantom_sources(4, 10_000, anatomy=2, sick_fraction=0.5, ascites_fraction=-0.1)
+

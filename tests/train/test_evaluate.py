@@ -173,3 +173,27 @@ def test_sick_evaluates_cirrhotic_hcc_phantoms_and_needs_anatomy_2(monkeypatch, 
     with pytest.raises(SystemExit):
         train.evaluate.main(["--model", TINY, "--checkpoints", str(tiny_checkpoint_dir), "--synthetic", "3",
                              "--sick", "--out", str(tmp_path)])
+
+
+def test_sick_ascites_evaluates_sick_livers_inside_heavy_ascites(monkeypatch, tiny_checkpoint_dir, tmp_path) -> None:
+    import train.evaluate
+    from train.data import SICK_LIVER
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(case):
+        seen.append(case)
+        raise Stop
+
+    monkeypatch.setattr(train.evaluate, "load_case_with_organs", record)
+    base = ["--model", TINY, "--checkpoints", str(tiny_checkpoint_dir), "--synthetic", "3", "--anatomy", "2",
+            "--device", "cpu", "--out", str(tmp_path)]
+    with pytest.raises(Stop):
+        train.evaluate.main([*base, "--sick", "--ascites"])
+    disease = dict(seen[0].phantom_disease)
+    assert seen[0].phantom_disease[:2] == SICK_LIVER and disease["ascites"] and disease["ascites_mm"] == 20.0
+    with pytest.raises(SystemExit):
+        train.evaluate.main([*base, "--ascites"])

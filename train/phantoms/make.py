@@ -104,7 +104,7 @@ def make_phantom(
     table: bool | None = None,
     fov_circle: bool | None = None,
     anatomy: int = 2,
-    disease: Mapping[str, bool | str] | None = None,
+    disease: Mapping[str, bool | str | float] | None = None,
 ) -> Phantom:
     """A synthetic abdominal CT (HU, int16) and its liver label (uint8 0/1) on the same grid.
 
@@ -132,7 +132,8 @@ def make_phantom(
       disease (anatomy 2): replaces drawn disease flags, e.g. {"cirrhosis": True, "ascites":
         True, "tumours": "hcc", "lipiodol": True, "biliary_dilatation": False, "hepatomegaly":
         False}; tumours is one of "none", "benign", "hcc", "metastases"
-        (parameters.TUMOUR_BURDENS), lipiodol needs "hcc".
+        (parameters.TUMOUR_BURDENS), lipiodol needs "hcc". A magnitude of draw_disease may be
+        given as well, e.g. {"ascites": True, "ascites_mm": 30.0} for heavy ascites.
     Raises ValueError for a negative seed, an unknown phase or anatomy, a non-orthonormal
     direction, a bad size, or a disease that cannot be (or disease with anatomy 1).
     """

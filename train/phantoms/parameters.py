@@ -277,14 +277,16 @@ def draw_disease(rng: np.random.Generator) -> dict[str, Any]:
 
 def resolve_disease(drawn: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """The disease flags (DISEASE_FLAGS) from the drawn uniforms, `given` ones replacing theirs,
-    the dependent probabilities following what was given; plus the magnitudes.
+    the dependent probabilities following what was given; plus the magnitudes, a given one (e.g.
+    "ascites_mm") replacing its draw.
 
-    Raises ValueError for an unknown flag or burden, cirrhosis with hepatomegaly, or lipiodol
-    without HCC.
+    Raises ValueError for an unknown flag, magnitude or burden, cirrhosis with hepatomegaly, or
+    lipiodol without HCC.
     """
-    unknown = sorted(set(given) - set(DISEASE_FLAGS))
+    magnitudes = {k: v for k, v in drawn.items() if k != "u"}
+    unknown = sorted(set(given) - set(DISEASE_FLAGS) - set(magnitudes))
     if unknown:
-        raise ValueError(f"unknown disease keys {unknown}; use {DISEASE_FLAGS}")
+        raise ValueError(f"unknown disease keys {unknown}; use {DISEASE_FLAGS} or a magnitude {sorted(magnitudes)}")
     u = drawn["u"]
     out: dict[str, Any] = {}
     out["cirrhosis"] = bool(given.get("cirrhosis", u["size"] < CIRRHOSIS_P))
@@ -304,7 +306,7 @@ def resolve_disease(drawn: dict[str, Any], given: dict[str, Any]) -> dict[str, A
         raise ValueError("lipiodol is given to HCC: it needs tumours='hcc'")
     duct = u["ducts"] < BILIARY_DILATATION_P
     out["biliary_dilatation"] = bool(given.get("biliary_dilatation", duct))
-    return out | {k: v for k, v in drawn.items() if k != "u"}
+    return out | magnitudes | {k: float(v) for k, v in given.items() if k in magnitudes}
 
 
 def draw_tumours(rng: np.random.Generator) -> dict[str, Any]:

@@ -72,6 +72,16 @@ def test_a_given_flag_moves_no_magnitude_and_no_unrelated_flag() -> None:
         }
 
 
+def test_a_given_magnitude_replaces_its_draw_and_an_unknown_key_is_refused() -> None:
+    drawn = draw_disease(next(_rngs(1)))
+    given = resolve_disease(drawn, {"ascites": True, "ascites_mm": 32})
+    free = resolve_disease(drawn, {"ascites": True})
+    assert given["ascites"] and given["ascites_mm"] == 32.0 and free["ascites_mm"] == drawn["ascites_mm"]
+    assert {k: v for k, v in given.items() if k != "ascites_mm"} == {k: v for k, v in free.items() if k != "ascites_mm"}
+    with pytest.raises(ValueError, match=r"unknown disease keys \['ascites_cm'\]"):
+        resolve_disease(drawn, {"ascites_cm": 3})
+
+
 @pytest.mark.parametrize(
     ("burden", "kinds", "counts"),
     [
