@@ -37,7 +37,7 @@ from model_zoo.registry import LoadedModel
 from service.confidence import ConfidenceSummary, confidence_map, summarise_confidence
 from service.errors import InvalidOption, TooLarge
 from service.options import InferenceOptions, check_options
-from service.plausibility import Finding, component_volumes_ml, plausibility_findings
+from service.plausibility import Finding, component_volumes_ml, plausibility_findings, voxel_ml
 from service.sliding_window import RegionOfInterest, sliding_window_inference, window_starts
 
 Progress = Callable[[float], None]
@@ -246,7 +246,7 @@ def segment(
     t = time.perf_counter()
     liver_outputs = [p[0] for p in probabilities]
     # Before the largest component is kept: a second large region is a reason for review.
-    components_ml = component_volumes_ml(liver_outputs[0] > 0.5, float(np.prod(prepared.image.GetSpacing())) / 1000.0)
+    components_ml = component_volumes_ml(liver_outputs[0] > 0.5, voxel_ml(prepared.image))
     keep = postprocess(liver_outputs[0])
     confidence_model = confidence_map(liver_outputs, keep)
     timings["postprocess"] = time.perf_counter() - t
@@ -274,8 +274,7 @@ def segment(
             stats = _mask_statistics(image, region_mask, start)
     mask_image = sitk.GetImageFromArray(full_mask)
     mask_image.CopyInformation(image)
-    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-    liver_volume_ml = float(full_mask.sum(dtype=np.int64)) * voxel_ml
+    liver_volume_ml = float(full_mask.sum(dtype=np.int64)) * voxel_ml(image)
     del full_mask  # the image holds its own copy: two whole-grid masks need not live at once
     if options.confidence_map:
         confidence_full = restore(confidence_model[None], prepared, image, outside=[1.0], tolerance=1e-3)[0]

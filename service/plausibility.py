@@ -93,7 +93,7 @@ def plausibility_findings(
     if sides:
         findings.append(cut_finding(sides))
     else:
-        findings.extend(volume_findings(float(liver.sum(dtype=np.int64)) * _voxel_ml(mask)))
+        findings.extend(volume_findings(float(liver.sum(dtype=np.int64)) * voxel_ml(mask)))
     findings.extend(thorax_findings(liver, hu, mask))
     if components_ml is not None:
         findings.extend(components_findings(components_ml))
@@ -215,7 +215,7 @@ def thorax_findings(liver: np.ndarray, hu: np.ndarray, geometry: sitk.Image) -> 
         if high.any():
             count += int(high.sum())
             highest = max(highest, float(z[high].max()))
-    volume_ml = count * _voxel_ml(geometry)
+    volume_ml = count * voxel_ml(geometry)
     if volume_ml <= THORAX_ML:
         return []
     return [
@@ -258,7 +258,8 @@ def components_findings(components_ml: Sequence[float]) -> list[Finding]:
     ]
 
 
-def _voxel_ml(image: sitk.Image) -> float:
+def voxel_ml(image: sitk.Image) -> float:
+    """One voxel's volume in mL (every volume the service reports is counted in these)."""
     return float(np.prod(image.GetSpacing())) / 1000.0
 
 
