@@ -152,14 +152,14 @@ def test_a_case_with_an_organ_map_reports_its_false_positives_by_organ(tmp_path)
     assert "fp_heart_ml" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
 
 
-def test_sick_evaluates_cirrhotic_hcc_phantoms_and_needs_anatomy_2(monkeypatch, tiny_checkpoint_dir, tmp_path) -> None:
+def _first_case(monkeypatch, argv: list[str]):
+    """The first case `python -m train.evaluate argv` loads (stopped there: nothing runs)."""
     import train.evaluate
-    from train.data import SICK_LIVER
-
-    seen = []
 
     class Stop(Exception):
         pass
+
+    seen = []
 
     def record(case):
         seen.append(case)
@@ -167,33 +167,30 @@ def test_sick_evaluates_cirrhotic_hcc_phantoms_and_needs_anatomy_2(monkeypatch, 
 
     monkeypatch.setattr(train.evaluate, "load_case_with_organs", record)
     with pytest.raises(Stop):
-        train.evaluate.main(["--model", TINY, "--checkpoints", str(tiny_checkpoint_dir), "--synthetic", "3",
-                             "--anatomy", "2", "--sick", "--device", "cpu", "--out", str(tmp_path)])
-    assert seen[0].phantom_disease == SICK_LIVER and seen[0].phantom_anatomy == 2
+        train.evaluate.main(argv)
+    return seen[0]
+
+
+def test_sick_evaluates_cirrhotic_hcc_phantoms_and_needs_anatomy_2(monkeypatch, tiny_checkpoint_dir, tmp_path) -> None:
+    import train.evaluate
+    from train.data import SICK_LIVER
+
+    base = ["--model", TINY, "--checkpoints", str(tiny_checkpoint_dir), "--synthetic", "3", "--device", "cpu",
+            "--out", str(tmp_path)]
+    case = _first_case(monkeypatch, [*base, "--anatomy", "2", "--sick"])
+    assert case.phantom_disease == SICK_LIVER and case.phantom_anatomy == 2
     with pytest.raises(SystemExit):
-        train.evaluate.main(["--model", TINY, "--checkpoints", str(tiny_checkpoint_dir), "--synthetic", "3",
-                             "--sick", "--out", str(tmp_path)])
+        train.evaluate.main([*base, "--sick"])
 
 
 def test_sick_ascites_evaluates_sick_livers_inside_heavy_ascites(monkeypatch, tiny_checkpoint_dir, tmp_path) -> None:
     import train.evaluate
     from train.data import SICK_LIVER
 
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def record(case):
-        seen.append(case)
-        raise Stop
-
-    monkeypatch.setattr(train.evaluate, "load_case_with_organs", record)
     base = ["--model", TINY, "--checkpoints", str(tiny_checkpoint_dir), "--synthetic", "3", "--anatomy", "2",
             "--device", "cpu", "--out", str(tmp_path)]
-    with pytest.raises(Stop):
-        train.evaluate.main([*base, "--sick", "--ascites"])
-    disease = dict(seen[0].phantom_disease)
-    assert seen[0].phantom_disease[:2] == SICK_LIVER and disease["ascites"] and disease["ascites_mm"] == 20.0
+    case = _first_case(monkeypatch, [*base, "--sick", "--ascites"])
+    disease = dict(case.phantom_disease)
+    assert case.phantom_disease[:2] == SICK_LIVER and disease["ascites"] and disease["ascites_mm"] == 20.0
     with pytest.raises(SystemExit):
         train.evaluate.main([*base, "--ascites"])
