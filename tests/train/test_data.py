@@ -186,4 +186,3 @@ def test_an_ascites_fraction_puts_that_share_of_the_sick_livers_inside_heavy_asc
         select_cases(TrainConfig(synthetic=4, phantom_anatomy=2, ascites_fraction=0.5))
     with pytest.raises(ValueError, match=r"ascites_fraction must be in \[0, 1\]"):
         phantom_sources(4, 10_000, anatomy=2, sick_fraction=0.5, ascites_fraction=-0.1)
-

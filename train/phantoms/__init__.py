@@ -49,9 +49,10 @@ scans hold, each element with its own tissue code (HU per phase: native/arterial
   nodular surface: a fine random field on the implicit surface) or hepatomegaly 10% (1.1-1.25 the
   size); ascites (ASCITES, 0-20 HU) in 60% of cirrhotic livers and 5% of others: a 4-30 mm rim
   (or make_phantom's given ascites_mm) along the peritoneal wall (around the liver and in the
-  flanks), a pool in the pelvis and fluid in the fat next to the liver; a tumour burden, with cirrhosis / without: none 30/45%, benign
-  10/25% (anatomy 1's kinds), HCC 50/12% (1-4, the first 20-70 mm in radius, the others 6-30:
-  liver +30-90 HU in the arterial phase, washed out 10-40 HU below it in the portal and delayed
+  flanks), a pool in the pelvis and fluid in the fat next to the liver; a tumour burden, with
+  cirrhosis / without: none 30/45%, benign 10/25% (anatomy 1's kinds), HCC 50/12% (1-4, the
+  first 20-70 mm in radius, the others 6-30: liver +30-90 HU in the arterial phase, washed out
+  10-40 HU below it in the portal and delayed
   phases, 5-20 below unenhanced; necrotic centres (NECROSIS, 10-30 HU) in 60% of those over 20 mm;
   large ones bulge out of the contour), metastases 10/18% (6-24, hypodense, 4-25 mm in radius,
   necrotic in 30% of those over 15 mm); lipiodol after TACE in 35% of HCC livers (LIPIODOL,
