@@ -37,7 +37,14 @@ from model_zoo.registry import LoadedModel
 from service.confidence import ConfidenceSummary, confidence_map, summarise_confidence
 from service.errors import InvalidOption, TooLarge
 from service.options import InferenceOptions, check_options
-from service.plausibility import Finding, component_volumes_ml, plausibility_findings, voxel_ml
+from service.plausibility import (
+    Finding,
+    body_midline_x,
+    component_volumes_ml,
+    cut_mask_in_thorax,
+    plausibility_findings,
+    voxel_ml,
+)
 from service.sliding_window import RegionOfInterest, sliding_window_inference, window_starts
 
 Progress = Callable[[float], None]
@@ -260,11 +267,16 @@ def segment(
         confidence_model, keep, low=options.low_confidence, review_fraction=options.review_fraction
     )
     kept = restore_kept(np.stack([liver_outputs[0], confidence_model]), keep, prepared, image, [0.0, 1.0])
-    liver_probability = None
+    liver_probability, thorax_cut = None, None
     if kept is not None:
         (start, size), restored = kept
         liver_probability = (start, restored[0].copy())  # a copy: the view would keep the confidence too
         region_mask = _largest_component_filled(restored[0] > 0.5)
+        # No liver lies above the right dome on the heart's side: a painted heart loses that part.
+        midline_x = body_midline_x(sitk.GetArrayViewFromImage(image), image)
+        thorax_cut = cut_mask_in_thorax(region_mask, _grid_like(image, start, size), midline_x)
+        if thorax_cut is not None:
+            region_mask = _largest_component_filled(region_mask)  # what the cut left apart goes too
         z, y, x = (slice(start[i], start[i] + size[i]) for i in (2, 1, 0))
         full_mask[z, y, x] = region_mask
         if region_mask.any():
@@ -281,7 +293,7 @@ def segment(
         confidence_image = sitk.GetImageFromArray(confidence_full.astype(np.float32))
         confidence_image.CopyInformation(image)
     # Checked on the mask as the client gets it (its time counts as the restore stage's).
-    findings = plausibility_findings(mask_image, image, components_ml)
+    findings = plausibility_findings(mask_image, image, components_ml, thorax_cut)
     timings["restore"] = time.perf_counter() - t
 
     return Segmentation(

@@ -14,6 +14,9 @@ half of a small cirrhotic liver missed), so these checks look at the mask's anat
   and lower than the right dome's top, and rises 8-12 cm above it; the left lobe stays below
   the right dome. Heights and sides come from the direction cosines (LPS physical space),
   never from the array axes, so every orientation (LPS, RAS, flipped, oblique) reads alike.
+  Since no liver lies there, the pipeline removes that part of the mask (`cut_mask_in_thorax`)
+  and the finding says how much it removed: a note under THORAX_ML, review over it (the heart
+  below the line may still be in the mask).
 - `several_components`: before the pipeline keeps the largest connected component, a second
   one over SECOND_COMPONENT_ML: either a lobe the mask lost or an organ taken for liver.
 
@@ -70,7 +73,10 @@ class Finding:
 
 
 def plausibility_findings(
-    mask: sitk.Image, ct: sitk.Image, components_ml: Sequence[float] | None = None
+    mask: sitk.Image,
+    ct: sitk.Image,
+    components_ml: Sequence[float] | None = None,
+    thorax_cut: ThoraxCut | None = None,
 ) -> list[Finding]:
     """Every anatomical finding on a final liver mask, review-recommending or not.
 
@@ -79,6 +85,8 @@ def plausibility_findings(
         ct: the CT in HU that the mask was drawn on, in any orientation.
         components_ml: connected components of the thresholded probability before the largest
             was kept, in mL (e.g. `component_volumes_ml`); None skips that check.
+        thorax_cut: what `cut_mask_in_thorax` removed from the mask before it came here (the
+            pipeline cuts every mask); None when it removed nothing.
 
     Raises:
         ValueError: mask and CT are not on one grid.
@@ -94,7 +102,7 @@ def plausibility_findings(
         findings.append(cut_finding(sides))
     else:
         findings.extend(volume_findings(float(liver.sum(dtype=np.int64)) * voxel_ml(mask)))
-    findings.extend(thorax_findings(liver, hu, mask))
+    findings.extend(thorax_findings(thorax_cut))
     if components_ml is not None:
         findings.extend(components_findings(components_ml))
     return findings
@@ -191,40 +199,57 @@ def volume_findings(volume_ml: float) -> list[Finding]:
     return []
 
 
-def thorax_findings(liver: np.ndarray, hu: np.ndarray, geometry: sitk.Image) -> list[Finding]:
-    """A finding when mask left of the midline rises THORAX_MARGIN_MM above the right lobe's top.
+@dataclass(frozen=True)
+class ThoraxCut:
+    """What `cut_mask_in_thorax` removed: mL, and how far above the right lobe's top it reached."""
 
-    The midline is the median LPS x of the body (CT over BODY_HU); the right lobe's top is the
-    highest mask voxel more than RIGHT_LOBE_MM right of it. Skipped (no finding) when the mask
-    has no voxel there. Arrays (D, H, W) on the grid of `geometry`; HU.
+    removed_ml: float
+    highest_mm: float
+
+
+def cut_mask_in_thorax(liver: np.ndarray, geometry: sitk.Image, midline_x: float) -> ThoraxCut | None:
+    """Clear, in place, the mask left of the midline more than THORAX_MARGIN_MM above the right lobe's top.
+
+    No liver lies there (the left lobe stays below the right dome; every phantom and real
+    reference is at least 20 mm below), the heart does: a heart the network painted as liver
+    loses the part above that line. The right lobe's top is the highest mask voxel more than
+    RIGHT_LOBE_MM right of `midline_x` (LPS mm, `body_midline_x`). Returns None when nothing was
+    cleared or the mask has no voxel there. Arrays (D, H, W) bool on the grid of `geometry`.
     """
     box = _bounding_box(liver)
     if box is None:
-        return []
-    midline = _body_midline_x(hu, geometry)
+        return None
     right_top = -np.inf
-    for x, z in _mask_points(liver, box, geometry):
-        right = x < midline - RIGHT_LOBE_MM  # LPS: +x is the patient's left
+    for _, x, z in _mask_points(liver, box, geometry):
+        right = x < midline_x - RIGHT_LOBE_MM  # LPS: +x is the patient's left
         if right.any():
             right_top = max(right_top, float(z[right].max()))
     if right_top == -np.inf:
-        return []
+        return None
     count, highest = 0, -np.inf
-    for x, z in _mask_points(liver, box, geometry):
-        high = (x > midline) & (z > right_top + THORAX_MARGIN_MM)
+    for index, x, z in _mask_points(liver, box, geometry):
+        high = (x > midline_x) & (z > right_top + THORAX_MARGIN_MM)
         if high.any():
+            liver[tuple(i[high] for i in index)] = False
             count += int(high.sum())
             highest = max(highest, float(z[high].max()))
-    volume_ml = count * voxel_ml(geometry)
-    if volume_ml <= THORAX_ML:
+    if count == 0:
+        return None
+    return ThoraxCut(removed_ml=count * voxel_ml(geometry), highest_mm=highest - right_top)
+
+
+def thorax_findings(cut: ThoraxCut | None) -> list[Finding]:
+    """The finding of a `cut_mask_in_thorax`: a note when it removed little, review over THORAX_ML."""
+    if cut is None:
         return []
     return [
         Finding(
             "mask_in_thorax",
-            f"{volume_ml:.0f} mL of the mask lies left of the midline and more than "
+            f"{cut.removed_ml:.0f} mL of mask left of the midline and more than "
             f"{THORAX_MARGIN_MM:.0f} mm above the top of the right lobe (up to "
-            f"{highest - right_top:.0f} mm): the mask may hold the heart, above the diaphragm.",
-            recommends_review=True,
+            f"{cut.highest_mm:.0f} mm) was removed: it lies above the diaphragm, where the heart "
+            "is; the rest of the mask may still hold part of the heart.",
+            recommends_review=cut.removed_ml > THORAX_ML,
         )
     ]
 
@@ -273,18 +298,20 @@ def _physical(image: sitk.Image, index: tuple[np.ndarray, ...]) -> np.ndarray:
 
 def _mask_points(
     liver: np.ndarray, box: tuple[slice, ...], geometry: sitk.Image, slices: int = 16
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """LPS x and z (mm) of the mask's voxels, a few array slices at a time (small buffers)."""
+) -> Iterator[tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]]:
+    """(D, H, W) indices and LPS x and z (mm) of the mask's voxels, a few array slices at a time
+    (small buffers)."""
     for start in range(box[0].start, box[0].stop, slices):
         block = (slice(start, min(start + slices, box[0].stop)), box[1], box[2])
         index = np.nonzero(liver[block])
         if index[0].size:
             offset = [b.start for b in block]
-            x, _, z = _physical(geometry, tuple(i + o for i, o in zip(index, offset, strict=True)))
-            yield x, z
+            index = tuple(i + o for i, o in zip(index, offset, strict=True))
+            x, _, z = _physical(geometry, index)
+            yield index, x, z
 
 
-def _body_midline_x(hu: np.ndarray, geometry: sitk.Image, max_voxels: int = 2_000_000) -> float:
+def body_midline_x(hu: np.ndarray, geometry: sitk.Image, max_voxels: int = 2_000_000) -> float:
     """Median LPS x (mm) of the body's voxels (HU over BODY_HU), on a subsampled grid."""
     step = max(1, int(np.ceil((hu.size / max_voxels) ** (1 / 3))))
     body = np.nonzero(hu[::step, ::step, ::step] > BODY_HU)

@@ -10,16 +10,26 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from model_zoo.card import InputContract, ModelCard
+from model_zoo.registry import LoadedModel
+from service.options import InferenceOptions
+from service.pipeline import segment
 from service.plausibility import (
     MAX_LIVER_ML,
     MIN_LIVER_ML,
     SECOND_COMPONENT_ML,
+    THORAX_MARGIN_MM,
+    THORAX_ML,
     Finding,
+    ThoraxCut,
+    body_midline_x,
     component_volumes_ml,
     components_findings,
+    cut_mask_in_thorax,
     plausibility_findings,
 )
 from tests.conftest import ORIENTATIONS, physical_points
+from tests.service.test_pipeline import ThresholdNet
 from train.phantoms import HEART_CODES, make_phantom
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -85,6 +95,23 @@ def _volume_ml(mask: sitk.Image) -> float:
     return float(sitk.GetArrayViewFromImage(mask).sum()) * SPACING_MM**3 / 1000.0
 
 
+def _cut(mask: sitk.Image, ct: sitk.Image) -> tuple[sitk.Image, ThoraxCut | None]:
+    """The mask after `cut_mask_in_thorax`, as the pipeline cuts it, and what was cut."""
+    liver = sitk.GetArrayFromImage(mask) > 0
+    cut = cut_mask_in_thorax(liver, mask, body_midline_x(sitk.GetArrayViewFromImage(ct), ct))
+    out = sitk.GetImageFromArray(liver.astype(np.uint8))
+    out.CopyInformation(mask)
+    return out, cut
+
+
+def _cap_ml(centre: tuple[float, ...], radii: tuple[float, ...], x_above: float, z_above: float) -> float:
+    """By hand: the mL of an ellipsoid with x > x_above and z > z_above, on a 1 mm lattice."""
+    axes = [np.arange(c - r, c + r, 1.0) + 0.5 for c, r in zip(centre, radii, strict=True)]
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    p = ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((z - centre[2]) / radii[2]) ** 2
+    return float(((p <= 1) & (x > x_above) & (z > z_above)).sum()) / 1000.0
+
+
 @pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
 def test_a_whole_normal_liver_has_no_finding(orientation):
     ct = _ct(ORIENTATIONS[orientation])
@@ -94,22 +121,76 @@ def test_a_whole_normal_liver_has_no_finding(orientation):
 
 
 @pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
-def test_a_heart_blob_above_the_dome_is_mask_in_the_thorax(orientation):
+def test_a_heart_blob_above_the_dome_is_cut_off_and_flagged(orientation):
     ct = _ct(ORIENTATIONS[orientation])
-    findings = plausibility_findings(ct=ct, mask=_mask(ct, _ellipsoid(*LIVER), _ellipsoid(*HEART_BLOB)))
-    assert _codes(findings) == ["mask_in_thorax"]
-    assert findings[0].recommends_review
-    assert "heart" in findings[0].sentence and "left of the midline" in findings[0].sentence
+    liver = _mask(ct, _ellipsoid(*LIVER))
+    cut_mask, cut = _cut(_mask(ct, _ellipsoid(*LIVER), _ellipsoid(*HEART_BLOB)), ct)
+    # By hand: the right lobe's top is the dome, z = 0 (less a voxel on this grid); the cut takes
+    # the blob's part left of the midline and over 20 mm above it, and no liver.
+    assert cut is not None
+    expected = _cap_ml(*HEART_BLOB, x_above=0.0, z_above=THORAX_MARGIN_MM)
+    assert 350 < expected < 450
+    assert cut.removed_ml == pytest.approx(expected, rel=0.12)
+    assert 75 <= cut.highest_mm <= 105  # the blob's top, z = 100
+    kept, truth = sitk.GetArrayFromImage(cut_mask) > 0, sitk.GetArrayFromImage(liver) > 0
+    assert (kept & truth).sum() == truth.sum()
+    p = physical_points(ct)  # within a voxel of the line, the midline and the dome are the grid's
+    assert not (kept & (p[..., 0] > SPACING_MM) & (p[..., 2] > THORAX_MARGIN_MM + SPACING_MM)).any()
+
+    findings = plausibility_findings(cut_mask, ct, thorax_cut=cut)
+    assert _codes(findings) == ["mask_in_thorax"] and findings[0].recommends_review
+    assert findings[0].sentence == (
+        f"{cut.removed_ml:.0f} mL of mask left of the midline and more than 20 mm above the top of "
+        f"the right lobe (up to {cut.highest_mm:.0f} mm) was removed: it lies above the diaphragm, "
+        "where the heart is; the rest of the mask may still hold part of the heart."
+    )
+
+
+def test_a_little_mask_cut_above_the_dome_is_a_note():
+    ct = _ct(ORIENTATIONS["LPS"])
+    little = ThoraxCut(removed_ml=THORAX_ML, highest_mm=24.0)
+    findings = plausibility_findings(_mask(ct, _ellipsoid(*LIVER)), ct, thorax_cut=little)
+    assert [(f.code, f.recommends_review) for f in findings] == [("mask_in_thorax", False)]
 
 
 @pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
-def test_a_blob_as_high_on_the_right_side_is_not_in_the_thorax(orientation):
+def test_a_blob_as_high_on_the_right_side_is_not_cut(orientation):
     # The same blob mirrored to the patient's right is higher than the liver but not on the
     # heart's side; it raises the right side's top instead.
     (x, y, z), radii = HEART_BLOB
     ct = _ct(ORIENTATIONS[orientation])
     mask = _mask(ct, _ellipsoid(*LIVER), _ellipsoid((-x - 60.0, y, z), radii))
-    assert "mask_in_thorax" not in _codes(plausibility_findings(mask, ct))
+    cut_mask, cut = _cut(mask, ct)
+    assert cut is None
+    assert np.array_equal(sitk.GetArrayFromImage(cut_mask), sitk.GetArrayFromImage(mask))
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAS"])
+def test_segment_cuts_a_heart_the_network_paints_off_the_liver(orientation):
+    # A network that paints everything over 100 HU, on a liver and a heart both at 200 HU and
+    # joined across the dome: the pipeline returns the liver with the heart's top cut off.
+    ct = _ct(ORIENTATIONS[orientation])
+    liver_truth = _mask(ct, _ellipsoid(*LIVER))
+    heart_blob = ((0.0, -20.0, 30.0), (50.0, 45.0, 50.0))  # its bottom 20 mm into the dome
+    painted = sitk.GetArrayFromImage(_mask(ct, _ellipsoid(*LIVER), _ellipsoid(*heart_blob))) > 0
+    hu = sitk.GetArrayFromImage(ct)
+    hu[painted] = 200
+    bright = sitk.GetImageFromArray(hu)
+    bright.CopyInformation(ct)
+    card = ModelCard(
+        name="unet3d_ds.threshold",
+        arch="unet3d_ds",
+        input=InputContract(spacing_xyz_mm=(4.0, 4.0, 4.0), hu_window=(-100.0, 300.0), patch_size_dhw=(32, 32, 32)),
+    )
+    result = segment(bright, LoadedModel(network=ThresholdNet().eval(), card=card), InferenceOptions())
+
+    mask = sitk.GetArrayFromImage(result.mask) > 0
+    truth = sitk.GetArrayFromImage(liver_truth) > 0
+    assert (mask & truth).sum() >= 0.99 * truth.sum()
+    removed = (painted & ~mask).sum() * SPACING_MM**3 / 1000.0
+    assert removed == pytest.approx(_cap_ml(*heart_blob, x_above=0.0, z_above=THORAX_MARGIN_MM), rel=0.15)
+    assert [(f.code, f.recommends_review) for f in result.findings] == [("mask_in_thorax", True)]
+    assert result.liver_volume_ml == pytest.approx(float(mask.sum()) * SPACING_MM**3 / 1000.0)
 
 
 @pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
@@ -197,7 +278,7 @@ def test_a_mask_off_the_cts_grid_is_refused():
 
 
 @pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
-def test_a_phantoms_heart_added_to_its_liver_is_mask_in_the_thorax(orientation):
+def test_a_phantoms_heart_added_to_its_liver_loses_its_top_and_is_flagged(orientation):
     phantom = make_phantom(
         3,
         spacing_xyz_mm=(6.0, 6.0, 6.0),
@@ -211,8 +292,11 @@ def test_a_phantoms_heart_added_to_its_liver_is_mask_in_the_thorax(orientation):
     with_heart = sitk.GetImageFromArray((liver | heart).astype(np.uint8))
     with_heart.CopyInformation(phantom.liver)
 
-    assert _codes(plausibility_findings(phantom.liver, phantom.ct), review=True) == []
-    assert _codes(plausibility_findings(with_heart, phantom.ct), review=True) == ["mask_in_thorax"]
+    assert _cut(phantom.liver, phantom.ct)[1] is None
+    cut_mask, cut = _cut(with_heart, phantom.ct)
+    assert cut is not None and cut.removed_ml > 100  # most of what lies over the dome
+    assert np.array_equal((sitk.GetArrayFromImage(cut_mask) > 0) & liver, liver)  # no liver lost
+    assert _codes(plausibility_findings(cut_mask, phantom.ct, thorax_cut=cut), review=True) == ["mask_in_thorax"]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -223,6 +307,7 @@ def test_phantom_livers_raise_no_review(seed):
         phantom = make_phantom(seed, spacing_xyz_mm=(4.0, 4.0, 4.0), z_range=z_range)
         liver = sitk.GetArrayFromImage(phantom.liver).astype(bool)
         components = component_volumes_ml(liver, 0.064)
+        assert _cut(phantom.liver, phantom.ct)[1] is None, z_range
         findings = plausibility_findings(phantom.liver, phantom.ct, components)
         assert _codes(findings, review=True) == [], (z_range, findings)
 
@@ -265,6 +350,7 @@ def test_the_real_reference_masks_raise_no_review_and_are_noted_as_cut(sample, f
         ct, reference = _flipped(ct), _flipped(reference)
     voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
     components = component_volumes_ml(sitk.GetArrayFromImage(reference) > 0, voxel_ml)
+    assert _cut(reference, ct)[1] is None  # nothing of a real liver lies where the cut is
     findings = plausibility_findings(reference, ct, components)
     assert findings == [
         Finding(
