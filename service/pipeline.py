@@ -42,6 +42,7 @@ from service.plausibility import (
     body_midline_x,
     component_volumes_ml,
     cut_mask_in_thorax,
+    liver_component,
     plausibility_findings,
     voxel_ml,
 )
@@ -70,7 +71,7 @@ class Segmentation:
     timings_s: dict[str, float] = field(default_factory=dict)
     options: InferenceOptions = field(default_factory=InferenceOptions)
     findings: list[Finding] = field(default_factory=list)  # anatomical plausibility (service.plausibility)
-    # The liver probability before the mask's threshold, largest component and hole filling, on
+    # The liver probability before the mask's threshold, component choice and hole filling, on
     # the box of the input grid that can see the kept liver (zero outside it): (start_xyz, (D, H, W)
     # float32). Only the box: a whole-grid float map of a 512x512x800 scan would take 800 MB.
     liver_probability: tuple[list[int], np.ndarray] | None = None
@@ -185,15 +186,25 @@ def predict_probabilities(
     )
 
 
-def postprocess(liver_probability: np.ndarray) -> np.ndarray:
-    """Probabilities (D, H, W) -> bool mask: threshold 0.5, largest connected component, holes filled."""
+def postprocess(
+    liver_probability: np.ndarray, geometry: sitk.Image | None = None, midline_x: float | None = None
+) -> np.ndarray:
+    """Probabilities (D, H, W) -> bool mask: threshold 0.5, one connected component, holes filled.
+
+    The component is the largest, or with the grid's `geometry` and the body's `midline_x` (LPS
+    mm) the one `liver_component` picks: a large region wholly above it on the right wins.
+    """
     mask = liver_probability > 0.5
     labels, count = ndimage.label(mask)
     if count == 0:
         return mask
     sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return ndimage.binary_fill_holes(labels == sizes.argmax())
+    if geometry is None or midline_x is None:
+        sizes[0] = 0
+        kept = int(sizes.argmax())
+    else:
+        kept = liver_component(labels, sizes, geometry, midline_x)
+    return ndimage.binary_fill_holes(labels == kept)
 
 
 def _grid_like(reference: sitk.Image, start_xyz: list[int], size_xyz: list[int]) -> sitk.Image:
@@ -252,9 +263,11 @@ def segment(
 
     t = time.perf_counter()
     liver_outputs = [p[0] for p in probabilities]
-    # Before the largest component is kept: a second large region is a reason for review.
+    # Before one component is kept: a second large region is a reason for review.
     components_ml = component_volumes_ml(liver_outputs[0] > 0.5, voxel_ml(prepared.image))
-    keep = postprocess(liver_outputs[0])
+    midline_x = body_midline_x(sitk.GetArrayViewFromImage(image), image)
+    keep = postprocess(liver_outputs[0], prepared.image, midline_x)
+    kept_ml = float(keep.sum(dtype=np.int64)) * voxel_ml(prepared.image)
     confidence_model = confidence_map(liver_outputs, keep)
     timings["postprocess"] = time.perf_counter() - t
 
@@ -273,7 +286,6 @@ def segment(
         liver_probability = (start, restored[0].copy())  # a copy: the view would keep the confidence too
         region_mask = _largest_component_filled(restored[0] > 0.5)
         # No liver lies above the right dome on the heart's side: a painted heart loses that part.
-        midline_x = body_midline_x(sitk.GetArrayViewFromImage(image), image)
         thorax_cut = cut_mask_in_thorax(region_mask, _grid_like(image, start, size), midline_x)
         if thorax_cut is not None:
             region_mask = _largest_component_filled(region_mask)  # what the cut left apart goes too
@@ -293,7 +305,7 @@ def segment(
         confidence_image = sitk.GetImageFromArray(confidence_full.astype(np.float32))
         confidence_image.CopyInformation(image)
     # Checked on the mask as the client gets it (its time counts as the restore stage's).
-    findings = plausibility_findings(mask_image, image, components_ml, thorax_cut)
+    findings = plausibility_findings(mask_image, image, components_ml, thorax_cut, kept_ml)
     timings["restore"] = time.perf_counter() - t
 
     return Segmentation(

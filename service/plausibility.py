@@ -17,8 +17,11 @@ half of a small cirrhotic liver missed), so these checks look at the mask's anat
   Since no liver lies there, the pipeline removes that part of the mask (`cut_mask_in_thorax`)
   and the finding says how much it removed: a note under THORAX_ML, review over it (the heart
   below the line may still be in the mask).
-- `several_components`: before the pipeline keeps the largest connected component, a second
-  one over SECOND_COMPONENT_ML: either a lobe the mask lost or an organ taken for liver.
+- `several_components`: before the pipeline keeps one connected component, a second one over
+  SECOND_COMPONENT_ML: either a lobe the mask lost or an organ taken for liver. The one kept
+  (`liver_component`) is the largest, unless a large one lies wholly above it on the patient's
+  right: the liver is the highest organ of the abdomen, and a small cirrhotic liver can be
+  outweighed by a pelvic fluid pool the network also took for liver.
 
 Each check returns a `Finding`: a stable code, a sentence for people, and whether it
 recommends review. Arrays are numpy (D, H, W) = SimpleITK's (z, y, x) index order; geometry is
@@ -77,16 +80,18 @@ def plausibility_findings(
     ct: sitk.Image,
     components_ml: Sequence[float] | None = None,
     thorax_cut: ThoraxCut | None = None,
+    kept_ml: float | None = None,
 ) -> list[Finding]:
     """Every anatomical finding on a final liver mask, review-recommending or not.
 
     Args:
         mask: the final liver mask (non-zero = liver), on the CT's grid.
         ct: the CT in HU that the mask was drawn on, in any orientation.
-        components_ml: connected components of the thresholded probability before the largest
-            was kept, in mL (e.g. `component_volumes_ml`); None skips that check.
+        components_ml: connected components of the thresholded probability before one was
+            kept, in mL (e.g. `component_volumes_ml`); None skips that check.
         thorax_cut: what `cut_mask_in_thorax` removed from the mask before it came here (the
             pipeline cuts every mask); None when it removed nothing.
+        kept_ml: the component `liver_component` kept, in mL (None: the largest).
 
     Raises:
         ValueError: mask and CT are not on one grid.
@@ -104,7 +109,7 @@ def plausibility_findings(
         findings.extend(volume_findings(float(liver.sum(dtype=np.int64)) * voxel_ml(mask)))
     findings.extend(thorax_findings(thorax_cut))
     if components_ml is not None:
-        findings.extend(components_findings(components_ml))
+        findings.extend(components_findings(components_ml, kept_ml))
     return findings
 
 
@@ -254,6 +259,35 @@ def thorax_findings(cut: ThoraxCut | None) -> list[Finding]:
     ]
 
 
+def liver_component(labels: np.ndarray, sizes: np.ndarray, geometry: sitk.Image, midline_x: float) -> int:
+    """Which labelled component is the liver: the largest, or the largest of those over
+    SECOND_COMPONENT_ML and a quarter of the largest that lie wholly above it (their lowest voxel
+    higher than its highest) with their centre right of `midline_x` (LPS mm, `body_midline_x`).
+
+    Nothing in the abdomen lies above the liver on the right, so a large region wholly below
+    another is not the liver (a pelvic pool of ascites that outweighs a small cirrhotic liver);
+    a heart painted apart lies above but left of the midline. The quarter keeps a smaller patch
+    painted above a whole liver (a consolidated right lung base) from taking its place.
+    labels: (D, H, W) of `ndimage.label`; sizes: voxels per label (`np.bincount(labels.ravel())`,
+    label 0 ignored).
+    """
+    sizes = sizes.copy()
+    sizes[0] = 0
+    largest = int(sizes.argmax())
+    large = np.flatnonzero((sizes * voxel_ml(geometry) > SECOND_COMPONENT_ML) & (4 * sizes >= sizes[largest]))
+    if large.size < 2:
+        return largest
+    extent = {}  # label -> (lowest z, highest z, mean x), LPS mm
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if label in large:
+            index = np.nonzero(labels[box] == label)
+            x, _, z = _physical(geometry, tuple(i + b.start for i, b in zip(index, box, strict=True)))
+            extent[label] = (float(z.min()), float(z.max()), float(x.mean()))
+    above = [label for label in extent
+             if extent[label][0] > extent[largest][1] and extent[label][2] < midline_x]  # LPS: -x is right
+    return max(above, key=lambda label: sizes[label]) if above else largest
+
+
 def component_volumes_ml(mask: np.ndarray, voxel_ml: float) -> list[float]:
     """Volumes (mL, largest first) of a (D, H, W) bool mask's connected components.
 
@@ -266,18 +300,21 @@ def component_volumes_ml(mask: np.ndarray, voxel_ml: float) -> list[float]:
     return [float(n) * voxel_ml for n in np.sort(sizes)[::-1]]
 
 
-def components_findings(components_ml: Sequence[float]) -> list[Finding]:
-    """A finding when the second largest component (mL) exceeds SECOND_COMPONENT_ML."""
+def components_findings(components_ml: Sequence[float], kept_ml: float | None = None) -> list[Finding]:
+    """A finding when the second largest component (mL) exceeds SECOND_COMPONENT_ML; `kept_ml`,
+    the one the pipeline kept (None: the largest)."""
     ordered = sorted(components_ml, reverse=True)
     if len(ordered) < 2 or ordered[1] <= SECOND_COMPONENT_ML:
         return []
     large = sum(1 for v in ordered if v > SECOND_COMPONENT_ML)
+    kept = ("the largest was kept" if kept_ml is None or kept_ml >= ordered[0]
+            else f"the {kept_ml:.0f} mL one, above the largest on the right, was kept")
     return [
         Finding(
             "several_components",
             f"The liver probability had {large} regions over {SECOND_COMPONENT_ML:.0f} mL "
-            f"(the second {ordered[1]:.0f} mL beside {ordered[0]:.0f} mL); only the largest was "
-            "kept, so a lobe may be lost or another organ taken for the liver.",
+            f"(the second {ordered[1]:.0f} mL beside {ordered[0]:.0f} mL); only {kept}, so a "
+            "lobe may be lost or another organ taken for the liver.",
             recommends_review=True,
         )
     ]

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from model_zoo.card import InputContract, ModelCard
 from model_zoo.registry import LoadedModel
 from service.options import InferenceOptions
-from service.pipeline import segment
+from service.pipeline import postprocess, segment
 from service.plausibility import (
     MAX_LIVER_ML,
     MIN_LIVER_ML,
@@ -26,6 +26,7 @@ from service.plausibility import (
     component_volumes_ml,
     components_findings,
     cut_mask_in_thorax,
+    liver_component,
     plausibility_findings,
 )
 from tests.conftest import ORIENTATIONS, physical_points
@@ -38,6 +39,9 @@ SPACING_MM = 4.0
 # the midline (x = 0) on which the body is centred.
 LIVER = ((-60.0, 0.0, -60.0), (90.0, 80.0, 60.0))  # centre, radii: 1.81 L
 HEART_BLOB = ((30.0, -40.0, 50.0), (55.0, 45.0, 50.0))  # z from 0 to 100, x from -25 to 85
+# A pelvic pool wholly below the liver (z from -340 to -180), larger than it: 3.32 L.
+POOL = ((0.0, 0.0, -260.0), (110.0, 90.0, 80.0))
+POOL_Z_MM = (-400.0, 150.0)
 
 
 def _ct(
@@ -252,12 +256,81 @@ def test_two_large_components_are_flagged_and_small_specks_are_not():
             recommends_review=True,
         )
     ]
+    assert components_findings([1400.0, 800.0], kept_ml=800.0)[0].sentence == (
+        "The liver probability had 2 regions over 30 mL (the second 800 mL beside 1400 mL); "
+        "only the 800 mL one, above the largest on the right, was kept, so a lobe may be lost or "
+        "another organ taken for the liver."
+    )
     assert components_findings([1400.0, SECOND_COMPONENT_ML, 3.0]) == []
     assert components_findings([1400.0]) == components_findings([]) == []
     ct = _ct(ORIENTATIONS["RAS"])
     liver = _mask(ct, _ellipsoid(*LIVER))
     assert _codes(plausibility_findings(liver, ct, [1800.0, 240.0])) == ["several_components"]
     assert plausibility_findings(liver, ct, None) == []
+
+
+def _kept(mask: sitk.Image, ct: sitk.Image) -> np.ndarray:
+    """The component `postprocess` keeps of a 0/1 mask, on the CT's grid."""
+    midline_x = body_midline_x(sitk.GetArrayViewFromImage(ct), ct)
+    return postprocess(sitk.GetArrayFromImage(mask).astype(np.float32), ct, midline_x)
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_the_liver_above_a_larger_pool_is_kept(orientation):
+    ct = _ct(ORIENTATIONS[orientation], z_mm=POOL_Z_MM)
+    liver, pool = _mask(ct, _ellipsoid(*LIVER)), _mask(ct, _ellipsoid(*POOL))
+    both = _mask(ct, _ellipsoid(*LIVER), _ellipsoid(*POOL))
+    assert _volume_ml(pool) > 1.5 * _volume_ml(liver)
+    assert np.array_equal(_kept(both, ct), sitk.GetArrayFromImage(liver) > 0)
+    # Without the geometry the largest is kept, as before.
+    largest = postprocess(sitk.GetArrayFromImage(both).astype(np.float32))
+    assert np.array_equal(largest, sitk.GetArrayFromImage(pool) > 0)
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAS"])
+@pytest.mark.parametrize(
+    "upper",
+    [
+        ((60.0, 0.0, -60.0), (90.0, 80.0, 60.0)),  # the liver mirrored to the left: a heart's side
+        ((-60.0, 0.0, -60.0), (18.0, 18.0, 18.0)),  # on the right but 24 mL: a speck
+        ((-60.0, 0.0, -60.0), (50.0, 50.0, 50.0)),  # on the right, 524 mL: under a quarter of the pool
+        ((-130.0, 0.0, -170.0), (30.0, 30.0, 40.0)),  # on the right, 151 mL, its bottom below the pool's top
+    ],
+    ids=["left", "speck", "under_a_quarter", "overlapping"],
+)
+def test_the_largest_is_kept_unless_the_other_lies_wholly_above_on_the_right(orientation, upper):
+    ct = _ct(ORIENTATIONS[orientation], z_mm=POOL_Z_MM)
+    pool = _mask(ct, _ellipsoid(*POOL))
+    both = _mask(ct, _ellipsoid(*upper), _ellipsoid(*POOL))
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(both))
+    assert labels.max() == 2  # two components, not one joined
+    assert np.array_equal(_kept(both, ct), sitk.GetArrayFromImage(pool) > 0)
+    sizes = np.bincount(labels.ravel())
+    midline_x = body_midline_x(sitk.GetArrayViewFromImage(ct), ct)
+    assert liver_component(labels, sizes, ct, midline_x) == int(np.argmax(sizes[1:])) + 1
+
+
+def test_segment_keeps_the_liver_above_a_larger_pool_and_says_so():
+    # A network that paints everything over 100 HU, on a liver and a larger pool below it.
+    ct = _ct(ORIENTATIONS["RAS"], z_mm=POOL_Z_MM)
+    liver_truth = sitk.GetArrayFromImage(_mask(ct, _ellipsoid(*LIVER))) > 0
+    painted = sitk.GetArrayFromImage(_mask(ct, _ellipsoid(*LIVER), _ellipsoid(*POOL))) > 0
+    hu = sitk.GetArrayFromImage(ct)
+    hu[painted] = 200
+    bright = sitk.GetImageFromArray(hu)
+    bright.CopyInformation(ct)
+    card = ModelCard(
+        name="unet3d_ds.threshold",
+        arch="unet3d_ds",
+        input=InputContract(spacing_xyz_mm=(4.0, 4.0, 4.0), hu_window=(-100.0, 300.0), patch_size_dhw=(32, 32, 32)),
+    )
+    result = segment(bright, LoadedModel(network=ThresholdNet().eval(), card=card), InferenceOptions())
+
+    mask = sitk.GetArrayFromImage(result.mask) > 0
+    assert (mask & liver_truth).sum() >= 0.99 * liver_truth.sum()
+    assert (mask & ~liver_truth).sum() <= 0.01 * liver_truth.sum()
+    assert _codes(result.findings) == ["several_components"]
+    assert "one, above the largest on the right, was kept" in result.findings[0].sentence
 
 
 def test_component_volumes_are_counted_largest_first():
