@@ -2,10 +2,13 @@
 # The GPU check, for the day a session is lent a GPU machine: one call, under 8 minutes on a bare
 # one (each step has its own time limit), writing one JSON:
 #   1. install: a venv that sees the machine's own packages (a GPU image's CUDA torch), then
-#      the project with its dev extra (MONAI, pytest) from the machine's package index;
+#      the project with its dev extra (MONAI, pytest) from the machine's package index; or, on a
+#      machine that reaches no index (the lent H200s), SITE_TARBALL=.gpu-site/site.tar.xz built
+#      here by bench/gpu_site.sh and carried: unpacked beside the image's own torch, no venv;
 #   2. the CUDA tests (they skip without a GPU elsewhere) and the engine's tests, on the GPU;
 #   3. bench/sliding_window.py and bench/service.py with --device cuda, as JSON.
 # Usage, from the repository root:  bash bench/gpu_check.sh   (writes $OUT/gpu_check.json)
+#   offline:  SITE_TARBALL=.gpu-site/site.tar.xz bash bench/gpu_check.sh   (carry .gpu-site)
 # A step that fails or runs out of time is recorded with its exit status; the rest still run.
 set -uo pipefail
 OUT=${OUT:-$(pwd)/gpu-check-out}
@@ -24,8 +27,16 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, its output i
 }
 
 step nvidia_smi 20 nvidia-smi
-step install 200 bash -c "$PYTHON -m venv --system-site-packages $VENV && $VENV/bin/python -m pip install -q -e '.[dev]' && $VENV/bin/python -c 'import torch; assert torch.cuda.is_available(), \"torch sees no GPU\"; print(torch.__version__, torch.cuda.get_device_name(0))'"
-PY=$VENV/bin/python
+SEES_GPU='import torch; assert torch.cuda.is_available(), "torch sees no GPU"; print(torch.__version__, torch.cuda.get_device_name(0))'
+if [ -n "${SITE_TARBALL:-}" ]; then
+  SITE=${SITE:-/tmp/liverseg-site}
+  export PYTHONPATH="$SITE:$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+  step install 120 bash -c "mkdir -p $SITE && tar -xJf $SITE_TARBALL -C $SITE && $PYTHON -c '$SEES_GPU'"
+  PY=$PYTHON
+else
+  step install 200 bash -c "$PYTHON -m venv --system-site-packages $VENV && $VENV/bin/python -m pip install -q -e '.[dev]' && $VENV/bin/python -c '$SEES_GPU'"
+  PY=$VENV/bin/python
+fi
 step cuda_tests 90 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or oom" \
   tests/service/test_roi.py tests/model_zoo/test_backends.py tests/service/test_worker.py tests/service/test_sliding_window.py
 step bench_sliding_window 150 "$PY" bench/sliding_window.py --device cuda --repeats 3 --json

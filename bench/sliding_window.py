@@ -181,8 +181,11 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     import monai
-    import openvino
 
+    try:  # named in the versions only; a GPU machine carries no OpenVINO (bench/gpu_site.sh)
+        from openvino import __version__ as openvino_version
+    except ImportError:
+        openvino_version = None
     load_before = os.getloadavg()[0]
     volume, info = make_volume(args.model, args.quick)
     with tempfile.TemporaryDirectory(prefix="bench-sw-") as tmp:
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": describe_device(args.device),
         "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
         "versions": {"torch": torch.__version__, "monai": monai.__version__,
-                     "openvino": openvino.__version__.split("-")[0]},
+                     "openvino": openvino_version and openvino_version.split("-")[0]},
         "model": args.model,
         "settings": {key: value for key, value in resolve_options(get_card(args.model)).reported().items()
                      if key in ("overlap", "mode", "sigma_scale", "batch_size", "skip_air_hu")}
