@@ -15,6 +15,9 @@ import torch
 from model_zoo import create_network
 from model_zoo.card import InputContract, ModelCard
 from model_zoo.registry import save_checkpoint
+from service.io.decode import Upload, decode_upload
+from service.options import InferenceOptions
+from service.pipeline import segment
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +97,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
+
+
+def dice_on_real_sample(model, real_sample: Path, data_dir: Path) -> float:
+    """Dice of `model`'s mask of the real DICOM sample, decoded and segmented as /segment does."""
+    uploads = [Upload(filename=p.name, path=p) for p in sorted((real_sample / "dicom").glob("*.dcm"))]
+    volume = decode_upload(uploads, Settings(data_dir=data_dir))
+    result = segment(volume.image, model, InferenceOptions(batch_size=2))
+    reference = sitk.ReadImage(str(real_sample / "liver_mask.nii.gz"))
+    return dice(sitk.GetArrayViewFromImage(result.mask) > 0, sitk.GetArrayViewFromImage(reference) > 0)
 
 
 
