@@ -108,7 +108,6 @@ def dice_on_real_sample(model, real_sample: Path, data_dir: Path) -> float:
     return dice(sitk.GetArrayViewFromImage(result.mask) > 0, sitk.GetArrayViewFromImage(reference) > 0)
 
 
-
 @pytest.fixture(scope="session")
 def tiny_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight unet3d_ds checkpoint, small enough for API tests on a 2-core CPU."""
