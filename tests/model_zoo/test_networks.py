@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from model_zoo import UnknownNameError, create_network, list_architectures
 from model_zoo.blocks import BLOCKS, UPSAMPLES
@@ -208,3 +209,19 @@ def test_unetpp_depth_outside_its_levels_is_refused(depth):
     net = tiny("unetpp3d")
     with pytest.raises(ValueError, match=r"depth must be an int in 1\.\.2 .*use depth=None"):
         net(torch.randn(1, 1, 4, 4, 4), depth=depth)
+
+
+def flops(network, depth: int | None) -> int:
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        network(torch.zeros((1, 1, 32, 32, 32)), depth=depth)
+    return counter.get_total_flops()
+
+
+def test_a_pruned_unetpp_does_less_work() -> None:
+    # `depth=L` is served as the faster answer: it must skip the columns beyond L, not compute
+    # and drop them (counted, not timed: speed itself is bench/pruning.py's)
+    network = create_network("unetpp3d", features=[4, 8, 16, 32, 64], out_channels=9).eval()
+    work = [flops(network, depth) for depth in (1, 2, 3, 4)]
+    assert work == sorted(set(work)), work  # each depth strictly more than the one below
+    assert work[-1] == flops(network, None)  # the full network is depth 4
+    assert work[0] < work[-1] / 4, work  # X0,1 alone: 18 % of the full network at these widths
