@@ -69,7 +69,9 @@ class Progress:
 
 def segment(args: argparse.Namespace, files: list[Path], field: str) -> int:
     """Upload `files` in multipart `field`, wait, download; the summary line and warnings on the way out."""
-    params = {"confidence": str(bool(args.confidence)).lower(), "tta": str(args.tta).lower()}
+    params = {"confidence": str(bool(args.confidence)).lower()}
+    if args.tta is not None:  # unsaid, the model card decides
+        params["tta"] = str(args.tta).lower()
     retry = RetryPolicy(attempts=args.attempts)
     progress = Progress(args.quiet)
     with JobsClient(args.server, api_key=args.api_key, model=args.model, retry=retry, poll_s=args.poll) as service:
@@ -117,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--server", default="http://127.0.0.1:8000", help="the service's base URL")
     seg.add_argument("--api-key", help="sent as X-API-Key")
     seg.add_argument("--model", help="model name (default: the server's)")
-    seg.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
+    seg.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                     help="mirror test-time augmentation on or off (default: the model card's)")
     seg.add_argument("--poll", type=float, default=0.5, help="seconds between status checks")
     seg.add_argument("--attempts", type=int, default=5, help="tries of each call while the server is busy or unreachable")
     seg.add_argument("--quiet", action="store_true", help="no progress or result line (warnings still go to stderr)")

@@ -88,6 +88,10 @@ class InferenceDefaults(_Frozen):
     mirror_axes: tuple[Literal[0, 1, 2], ...] = Field(
         (), description="spatial axes (0=D, 1=H, 2=W) over which test-time mirroring is allowed"
     )
+    tta: bool = Field(
+        False, description="mirror over `mirror_axes` unless the request says tta=false (nnU-Net "
+        "mirrors by default); on for a model whose figures were measured with it",
+    )
     skip_air_hu: FiniteFloat | None = Field(
         None,
         description="skip windows whose every voxel is at or below this HU (None: never). The "
@@ -103,6 +107,12 @@ class InferenceDefaults(_Frozen):
         if len(set(axes)) != len(axes):
             raise ValueError(f"mirror_axes repeats an axis: {axes}")
         return axes
+
+    @model_validator(mode="after")
+    def _tta_has_axes(self) -> InferenceDefaults:
+        if self.tta and not self.mirror_axes:
+            raise ValueError("tta is on by default but mirror_axes names no axis to mirror")
+        return self
 
 
 class Training(_Frozen):

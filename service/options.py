@@ -10,7 +10,7 @@ Every inference option is resolved here, once, by `resolve_options`, with one pr
 | window batch | | `LIVERSEG_WINDOW_BATCH_SIZE` | `window_batch_size` |
 | air windows skipped below | | `LIVERSEG_SKIP_AIR_HU` | `skip_air_hu` |
 | UNet++ depth | `depth` | | `unetpp_depth` |
-| mirroring (TTA) | `tta` turns it on | | `mirror_axes` says over which axes |
+| mirroring (TTA) | `tta` | | `tta` (off unless the card says), `mirror_axes` says over which axes |
 | ROI inference (only the windows that can hold liver) | `roi=false` turns it off | | |
 | blending | | | `mode`, `sigma_scale` |
 | low-confidence line, review fraction | | `LIVERSEG_LOW_CONFIDENCE`, `LIVERSEG_CONFIDENCE_REVIEW_THRESHOLD` | |
@@ -50,7 +50,10 @@ class SegmentParams(BaseModel):
         "probability as .nii.gz (uint8, scl_slope 1/255; thresholded at 0.5 it is the mask).",
     )
     confidence: bool = Field(False, description="Also make the full-resolution confidence map (jobs).")
-    tta: bool = Field(False, description="Mirror test-time augmentation (slower, slightly better).")
+    tta: bool | None = Field(
+        None, description="Mirror test-time augmentation (slower, slightly better); default: the "
+        "model card's (off, except for models measured with it).",
+    )
     overlap: float | None = Field(None, ge=0.0, le=0.9, description="Window overlap; default from the settings, else the card.")
     depth: int | None = Field(None, ge=1, le=4, description="UNet++ only: prune to depth L for speed.")
     roi: bool = Field(
@@ -114,9 +117,10 @@ def resolve_options(
     request = request or SegmentParams()
     card_says = card.inference
     operator = settings or _NO_SETTINGS
+    tta = bool(_first(request.tta, card_says.tta))
     options = InferenceOptions(
-        tta=request.tta,
-        mirror_axes=tuple(card_says.mirror_axes) if request.tta else (),
+        tta=tta,
+        mirror_axes=tuple(card_says.mirror_axes) if tta else (),
         overlap=_first(request.overlap, operator.overlap, card_says.overlap),
         mode=card_says.mode,
         sigma_scale=card_says.sigma_scale,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from model_zoo import create_network
 from model_zoo.card import InputContract, ModelCard
 from model_zoo.registry import save_checkpoint
 from service.io.decode import Upload, decode_upload
-from service.options import InferenceOptions
+from service.options import resolve_options
 from service.pipeline import segment
 from service.settings import Settings
 
@@ -110,10 +111,16 @@ def held_out_phantom():
     return make_phantom(HELD_OUT_SEED, spacing_xyz_mm=(2.0, 2.0, 2.5), anatomy=1)
 
 
+def served_options(model):
+    """What /segment runs `model` with when the request asks for nothing (its card's defaults,
+    its tta included), two windows a batch to keep the tests' memory small."""
+    return replace(resolve_options(model.card), batch_size=2)
+
+
 def dice_on_held_out_phantom(model) -> float:
     """Dice of `model`'s mask of the held-out phantom, segmented as /segment does, on its own grid."""
     phantom = held_out_phantom()
-    result = segment(phantom.ct, model, InferenceOptions(batch_size=2))
+    result = segment(phantom.ct, model, served_options(model))
     assert result.mask.GetSize() == phantom.ct.GetSize(), "the mask left the input's grid"
     return dice(sitk.GetArrayViewFromImage(result.mask) > 0, sitk.GetArrayViewFromImage(phantom.liver) > 0)
 
@@ -122,7 +129,7 @@ def dice_on_real_sample(model, real_sample: Path, data_dir: Path) -> float:
     """Dice of `model`'s mask of the real DICOM sample, decoded and segmented as /segment does."""
     uploads = [Upload(filename=p.name, path=p) for p in sorted((real_sample / "dicom").glob("*.dcm"))]
     volume = decode_upload(uploads, Settings(data_dir=data_dir))
-    result = segment(volume.image, model, InferenceOptions(batch_size=2))
+    result = segment(volume.image, model, served_options(model))
     reference = sitk.ReadImage(str(real_sample / "liver_mask.nii.gz"))
     return dice(sitk.GetArrayViewFromImage(result.mask) > 0, sitk.GetArrayViewFromImage(reference) > 0)
 

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=d.work_dir, help="training checkpoints and logs (default runs/)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
                    help="continue the run in WORK_DIR/ARCH.TAG (or DIR) from its last epoch")
+    p.add_argument("--tta", action="store_true",
+                   help="the card serves mirror test-time augmentation by default (over the axes flipped in "
+                        "training); it changes the card and the final validation, not the training")
     p.add_argument("--no-final-eval", dest="final_evaluation", action="store_false",
                    help="skip scoring the validation cases on their input grid before export")
     return p
@@ -156,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = vars(args)
     resume = options.pop("resume")
     augment = AugmentConfig.off() if options.pop("no_augment") else AugmentConfig()
+    if args.tta and augment.p_flip == 0:  # said now, not by the card's check after the whole run
+        build_parser().error("--tta mirrors over the axes flipped in training, and --no-augment flips none")
     options["synthetic"] = options["synthetic"] or 0
     options["out_dir"] = options["out_dir"] or str(Path(options["work_dir"]) / MODELS_FOLDER)
     options["n_val"] = options.pop("val")

@@ -76,6 +76,7 @@ class TrainConfig:
     work_dir: str = "runs"
     command: str = ""
     final_evaluation: bool = True
+    tta: bool = False  # the card's inference.tta: served mirrored unless a request says no
     init_from: str | None = None  # start from this checkpoint's weights (a name in out_dir)
     # knowledge distillation (train.distill): a teacher checkpoint, found as init_from's is
     distill_from: str | None = None

@@ -71,11 +71,11 @@ class CaseEvaluation:
 
 def predict_case(
     image: sitk.Image, model: LoadedModel, *, device: str = "cpu", confidence: bool = False,
-    tta: bool = False, overlap: float | None = None,
+    tta: bool | None = None, overlap: float | None = None,
 ) -> tuple[sitk.Image, sitk.Image | None, float]:
     """The service's mask (uint8 0/1 on `image`'s grid), its confidence map if asked for, and the
     fraction of the liver below the low-confidence line (what drives "review recommended").
-    `tta` and `overlap` are the request's options of the same names (None: the card's overlap)."""
+    `tta` and `overlap` are the request's options of the same names (None: the card's)."""
     from service.options import SegmentParams, resolve_options  # the service's own path
     from service.pipeline import segment
 
@@ -148,7 +148,7 @@ def evaluate_case(
     device: str = "cpu",
     name: str = "case",
     confidence: bool = False,
-    tta: bool = False,
+    tta: bool | None = None,
     overlap: float | None = None,
     tiles: int = 0,
     organs: sitk.Image | None = None,
@@ -311,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=None, help="evaluate only the first N cases")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--confidence", action="store_true", help="also score the confidence map (AUROC)")
-    parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation (the request's tta)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="mirror test-time augmentation on or off (the request's tta; default: the card's)")
     parser.add_argument("--overlap", type=float, default=None, help="window overlap (default: the card's)")
     parser.add_argument("--montage-cases", type=int, default=6, help="cases shown in montage.png")
     parser.add_argument("--out", default=None, help="output folder (default: runs/eval/MODEL)")

@@ -65,7 +65,7 @@ def build_card(config: TrainConfig, training: Training, metrics: dict[str, float
         input=config.contract(),
         channel_def=channel_def(config.classes),
         # nnU-Net allows test-time mirroring over the axes flipped in training, and only those.
-        inference=InferenceDefaults(mirror_axes=flips, skip_air_hu=SKIP_AIR_HU),
+        inference=InferenceDefaults(mirror_axes=flips, tta=config.tta, skip_air_hu=SKIP_AIR_HU),
         training=training,
         metrics=metrics or {},
         confidence=CONFIDENCE_METHOD,

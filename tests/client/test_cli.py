@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,16 @@ def test_the_mask_and_summary_land_on_disk_with_a_line_per_state_when_piped(serv
     assert "\r" not in result.stderr
     states = [line.split(": ", 1)[1] for line in result.stderr.splitlines() if line.startswith("job ")]
     assert states[-1] == "done" and len(states) == len(set(states)), result.stderr
+
+
+@pytest.mark.parametrize(("flag", "ran"), [((), False), (("--tta",), True)], ids=["unsaid", "--tta"])
+def test_tta_is_sent_only_when_said_so_the_card_decides_otherwise(server, ct_file, tmp_path, flag, ran) -> None:
+    # The tiny model's card leaves tta off: unsaid, the server's default (the card's) is what runs.
+    _, path = ct_file
+    summary = tmp_path / "summary.json"
+    result = liverseg(str(path), "-o", str(tmp_path / "liver.nii.gz"), "--json", str(summary), "--server", server.url, *flag)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(summary.read_text())["options"]["tta"] is ran
 
 
 def test_the_servers_warnings_about_the_input_reach_the_user(server, tmp_path) -> None:

@@ -37,6 +37,7 @@ FULL_CARD = {
         "mode": "constant",
         "sigma_scale": 0.125,
         "mirror_axes": [0, 2],
+        "tta": True,
         "skip_air_hu": -900.0,
         "window_batch_size": 8,
         "unetpp_depth": 3,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from model_zoo.card import InferenceDefaults, InputContract, ModelCard
 from model_zoo.preprocessing import hu_to_input_units
@@ -54,6 +55,15 @@ def test_tta_mirrors_the_cards_axes_only_when_asked() -> None:
     model = card(mirror_axes=(0, 2))
     assert resolve_options(model).mirror_axes == ()
     assert resolve_options(model, SegmentParams(tta=True)).mirror_axes == (0, 2)
+
+
+def test_a_card_that_mirrors_by_default_is_mirrored_unless_the_request_says_no() -> None:
+    model = card(mirror_axes=(0, 2), tta=True)
+    assert (resolve_options(model).tta, resolve_options(model).mirror_axes) == (True, (0, 2))
+    off = resolve_options(model, SegmentParams(tta=False))
+    assert (off.tta, off.mirror_axes) == (False, ())
+    with pytest.raises(ValidationError, match="mirror_axes names no axis"):
+        InferenceDefaults(tta=True)
 
 
 def test_depth_comes_from_the_request_then_the_card_and_only_for_unetpp() -> None:
@@ -115,6 +125,21 @@ def test_every_card_inference_field_reaches_the_engine(checkpoints, tmp_path, mo
             assert reported[name] == value  # the summary says what ran, not null
     if field == "window_batch_size":
         assert reported["batch_size"] == value
+
+
+@pytest.mark.parametrize(("params", "mirrored"), [({}, (1,)), ({"tta": "false"}, ())], ids=["unsaid", "tta=false"])
+def test_a_served_card_that_mirrors_by_default(checkpoints, tmp_path, monkeypatch, params, mirrored) -> None:
+    import service.pipeline as pipeline
+
+    seen: dict = {}
+    engine = pipeline.sliding_window_inference
+    monkeypatch.setattr(pipeline, "sliding_window_inference", lambda *a, **k: seen.update(k) or engine(*a, **k))
+    ct, _ = sphere_ct(ORIENTATIONS["LPS"], size_xyz=(40, 36, 20))
+    with TestClient(create_app(served_with(checkpoints, tmp_path / "models", tta=True, mirror_axes=[1]))) as client:
+        answer = client.post("/segment", params={"output": "json", **params}, files={"file": ("ct.nii.gz", nifti_bytes(ct))})
+    assert answer.status_code == 200, answer.text
+    assert seen["mirror_axes"] == mirrored
+    assert answer.json()["options"]["tta"] is bool(mirrored)
 
 
 def test_the_summary_reports_the_effective_options_not_nulls(checkpoints, tmp_path) -> None:

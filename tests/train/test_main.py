@@ -35,16 +35,24 @@ def test_cli_trains_and_exports(tmp_path, capsys):
     code = train_main([
         "--arch", "dsn3d", "--arch-kwargs", '{"features": [4, 8, 8]}', "--tag", "cli", "--synthetic", "1",
         "--phantom-spacing", "6", "--val", "1", "--spacing", "6", "--patch", "16", "--epochs", "1",
-        "--iters-per-epoch", "1", "--device", "cpu", "--no-final-eval",
+        "--iters-per-epoch", "1", "--device", "cpu", "--no-final-eval", "--tta",
         "--out", str(tmp_path / "zoo"), "--work-dir", str(tmp_path / "runs"),
     ])
     assert code == 0
     card = get_card("dsn3d.cli", tmp_path / "zoo")
+    assert card.inference.tta is True and card.inference.mirror_axes == (0, 1, 2)  # --tta: served mirrored
     assert card.training.command.startswith("python -m train --arch dsn3d")
     assert card.arch_kwargs == {"features": [4, 8, 8]}
     assert card.license == PHANTOM_LICENSE and card.intended_use.startswith("Trained on synthetic phantoms only")
     assert card.confidence == CONFIDENCE_METHOD
     assert "exported dsn3d.cli" in capsys.readouterr().out
+
+
+def test_tta_without_flips_in_training_is_refused_before_the_run(capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_main(["--synthetic", "1", "--no-augment", "--tta"])
+    assert stop.value.code == 2
+    assert "--no-augment flips none" in capsys.readouterr().err
 
 
 def test_help_shows_every_default(capsys):
