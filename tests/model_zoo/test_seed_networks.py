@@ -18,7 +18,7 @@ from model_zoo.registry import get_card, list_cards, load_model
 from tests.conftest import HELD_OUT_SEED, dice_on_held_out_phantom, dice_on_real_sample
 from train.__main__ import build_parser
 
-SEED_NETWORKS = ["unetpp3d.phantom_4mm"]  # dsn3d.phantom_4mm joins once one reaches the 0.93
+SEED_NETWORKS = ["dsn3d.phantom_4mm", "unetpp3d.phantom_4mm"]
 
 
 @pytest.fixture(scope="module", params=SEED_NETWORKS)
@@ -41,6 +41,8 @@ def test_model_zoo_lists_them_with_complete_cards() -> None:
         assert card.metrics["held_out_phantom_dice"] >= 0.93
         for key in ("real_scans_dice", "held_out_anatomy2_dice", "held_out_phantom_confidence_auroc"):
             assert key in card.metrics, key
+        if card.inference.tta:  # served mirrored: the card also says what a tta=false request gets
+            assert "held_out_phantom_no_tta_dice" in card.metrics
 
 
 def test_finds_the_liver_of_an_unseen_phantom(model) -> None:
