@@ -34,7 +34,7 @@ from model_zoo.registry import LoadedModel, load_model, record_metrics
 from service.io.preview import outline_overlay
 from train.config import VALIDATION_PHANTOM_SEED
 from train.data import DATA_FORMATS, find_cases, load_case_with_organs, phantom_sources
-from train.metrics import CaseMetrics, evaluate_masks, summarise
+from train.metrics import CaseMetrics, ErrorSplit, error_split, evaluate_masks, summarise
 from train.organ_leaks import (
     GROUPS,
     PHANTOM_GROUPS,
@@ -60,6 +60,7 @@ class CaseEvaluation:
     low_confidence_fraction: float | None = None  # of the predicted liver (the summary's figure)
     tiles: list[np.ndarray] | None = None  # RGB uint8 (TILE_PX, TILE_PX, 3)
     leaks_ml: dict[str, float] | None = None  # false-positive mL by organ group (train.organ_leaks)
+    errors: ErrorSplit | None = None  # the wrong mL near the reference's boundary and far from it
 
     def worst_neighbour(self) -> tuple[str, float] | None:
         """The neighbouring organ that holds most of the false positives, and its mL."""
@@ -175,6 +176,10 @@ def evaluate_case(
     predicted = sitk.GetArrayViewFromImage(prediction) > 0
     truth = sitk.GetArrayViewFromImage(reference) > 0
     metrics = evaluate_masks(predicted, truth, reference.GetSpacing()[::-1])
+    # Near the boundary: within one voxel of the model's grid (of the reference's without a model),
+    # an edge drawn one voxel off; anything farther is tissue taken or missed.
+    near_mm = max(model.card.input.spacing_xyz_mm) if model is not None else max(reference.GetSpacing())
+    errors = error_split(predicted, truth, reference.GetSpacing()[::-1], near_mm)
     auroc = None
     if confidence_image is not None:
         auroc = confidence_auroc(sitk.GetArrayViewFromImage(confidence_image), predicted, truth)
@@ -186,7 +191,7 @@ def evaluate_case(
         leaks = false_positive_ml_by_organ(predicted, truth, labels, organ_groups, voxel_ml)
     return CaseEvaluation(name=name, metrics=metrics, prediction=prediction,
                           seconds=time.perf_counter() - start, confidence_auroc=auroc,
-                          low_confidence_fraction=low_fraction, tiles=rendered, leaks_ml=leaks)
+                          low_confidence_fraction=low_fraction, tiles=rendered, leaks_ml=leaks, errors=errors)
 
 
 def montage_tiles(
@@ -244,15 +249,17 @@ NOT_NEIGHBOURS = ("liver", "unlabelled", "body_wall")
 
 def format_table(results: Sequence[CaseEvaluation]) -> str:
     """A plain-text table: one row per case and the mean (finite values) at the bottom."""
-    header = f"{'case':<24}" + "".join(f"{c:>10}" for c in COLUMNS) + f"{'auroc':>8}{'s':>7}  worst leak (mL)"
+    header = (f"{'case':<24}" + "".join(f"{c:>10}" for c in COLUMNS) + f"{'auroc':>8}{'s':>7}"
+              + f"{'near mL':>9}{'far mL':>8}  worst leak (mL)")
     lines = [header, "-" * len(header)]
     for r in results:
         values = r.metrics.as_dict()
         auroc = "" if r.confidence_auroc is None else f"{r.confidence_auroc:.3f}"
         worst = r.worst_neighbour()
         leak = "" if worst is None else f"  {worst[0]} {worst[1]:.1f}"
+        near, far = ("", "") if r.errors is None else (f"{r.errors.near_ml:.1f}", f"{r.errors.far_ml:.1f}")
         lines.append(f"{r.name[:24]:<24}" + "".join(f"{values[c]:>10.3f}" for c in COLUMNS)
-                     + f"{auroc:>8}{r.seconds:>7.1f}{leak}")
+                     + f"{auroc:>8}{r.seconds:>7.1f}{near:>9}{far:>8}{leak}")
     means = []
     for c in COLUMNS:
         finite = [r.metrics.as_dict()[c] for r in results if math.isfinite(r.metrics.as_dict()[c])]
@@ -274,20 +281,23 @@ def mean_metrics(results: Sequence[CaseEvaluation], prefix: str) -> dict[str, fl
 
 
 def write_csv(results: Sequence[CaseEvaluation], path: Path) -> None:
-    """metrics.csv: case, every metric, confidence AUROC, seconds."""
+    """metrics.csv: case, every metric, confidence AUROC, seconds, the false positives by organ, and the
+    wrong mL near the reference's boundary and far from it (train.metrics.ErrorSplit)."""
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
         fields = list(CaseMetrics.__dataclass_fields__)
         groups = [*GROUPS, "unlabelled"]
+        split = list(ErrorSplit.__dataclass_fields__)  # near_mm, then the four mL
         writer.writerow(["case", *fields, "confidence_auroc", "low_confidence_fraction", "seconds",
-                         *(f"fp_{g}_ml" for g in groups)])
+                         *(f"fp_{g}_ml" for g in groups), *split])
         for r in results:
             values = r.metrics.as_dict()
             writer.writerow([r.name, *(f"{values[f]:.6g}" for f in fields),
                              "" if r.confidence_auroc is None else f"{r.confidence_auroc:.4f}",
                              "" if r.low_confidence_fraction is None else f"{r.low_confidence_fraction:.4f}",
                              f"{r.seconds:.2f}",
-                             *("" if r.leaks_ml is None else f"{r.leaks_ml[g]:.2f}" for g in groups)])
+                             *("" if r.leaks_ml is None else f"{r.leaks_ml[g]:.2f}" for g in groups),
+                             *("" if r.errors is None else f"{getattr(r.errors, k):.2f}" for k in split)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,10 @@ other, computed with `scipy.ndimage.distance_transform_edt(..., sampling=spacing
     HD95 = 95th percentile of both directions' distances pooled (as MedPy's hd95)
     HD   = the maximum of them (SLiver07's maximum symmetric surface distance)
 
+Where the wrong volume lies (`error_split`): each false positive and false negative is near (its
+centre within `near_mm` of the other side of the reference's boundary) or far, in mL. A mask that
+is a voxel off all round is near error; a taken organ or a missed lobe is far.
+
 Empty masks, defined so that a summary over cases stays meaningful:
   - both empty: Dice 1, VOE 0, RVD 0, distances 0 (nothing to find, nothing found);
   - reference empty, segmentation not: Dice 0, VOE 100, RVD +inf, distances +inf;
@@ -153,6 +157,64 @@ def evaluate_masks(
         hd_mm=float(pooled.max()),
         **overlap,
     )
+
+
+@dataclass(frozen=True)
+class ErrorSplit:
+    """A mask's wrong volume in mL, split by how far each wrong voxel lies from the reference's
+    boundary: extra (false positives, outside the reference) and missed (false negatives, inside
+    it), each near (within `near_mm` of the other side) or far. Near errors are an edge drawn a little off; far
+    ones are tissue taken or missed outright (an organ, a lobe, the tip of the right lobe)."""
+
+    near_mm: float
+    extra_near_ml: float
+    extra_far_ml: float
+    missed_near_ml: float
+    missed_far_ml: float
+
+    @property
+    def near_ml(self) -> float:
+        return self.extra_near_ml + self.missed_near_ml
+
+    @property
+    def far_ml(self) -> float:
+        return self.extra_far_ml + self.missed_far_ml
+
+
+def error_split(
+    segmentation: np.ndarray, reference: np.ndarray, spacing_dhw_mm: Sequence[float], near_mm: float
+) -> ErrorSplit:
+    """The wrong voxels of `segmentation` split near / far from `reference`'s boundary (ErrorSplit).
+
+    A false positive's distance is from its centre to the nearest reference voxel's centre, a false
+    negative's to the nearest voxel outside the reference (Euclidean, mm, `spacing_dhw_mm`); a voxel
+    next to the boundary is one voxel's spacing away. With no reference voxel (or no voxel outside
+    it) every error counts as far."""
+    a, b = _check_pair(segmentation, reference)
+    spacing = tuple(float(s) for s in spacing_dhw_mm)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    wrong = a ^ b
+    if not wrong.any():
+        return ErrorSplit(near_mm, 0.0, 0.0, 0.0, 0.0)
+    # Only the errors' box, widened by near_mm, can hold a voxel near enough to count: the distance
+    # transform runs there, not over a whole CT.
+    margin = int(math.ceil(near_mm / min(spacing))) + 1
+    where = np.argwhere(wrong)
+    box = tuple(slice(max(0, int(lo) - margin), int(hi) + 1 + margin)
+                for lo, hi in zip(where.min(0), where.max(0), strict=True))
+    a, b = a[box], b[box]
+    fp, fn = a & ~b, b & ~a
+
+    def near(errors: np.ndarray, target: np.ndarray) -> int:
+        if not errors.any() or not target.any():
+            return 0
+        distance = ndimage.distance_transform_edt(~target, sampling=spacing)
+        return int((errors & (distance <= near_mm)).sum())
+
+    extra_near, missed_near = near(fp, b), near(fn, ~b)
+    return ErrorSplit(near_mm=near_mm,
+                      extra_near_ml=extra_near * voxel_ml, extra_far_ml=(int(fp.sum()) - extra_near) * voxel_ml,
+                      missed_near_ml=missed_near * voxel_ml, missed_far_ml=(int(fn.sum()) - missed_near) * voxel_ml)
 
 
 def summarise(rows: Sequence[CaseMetrics], prefix: str) -> dict[str, float]:

@@ -148,8 +148,13 @@ def test_a_case_with_an_organ_map_reports_its_false_positives_by_organ(tmp_path)
     assert result.worst_neighbour() == ("heart", pytest.approx(8.0))
     assert "heart 8.0" in format_table([result])
     assert mean_metrics([result], "x")["x_max_neighbour_fp_ml"] == 8.0
+    # No model: near is within one of the reference's voxels. The heart block and the strip lie 3
+    # and 5 voxels clear of the reference, so all 8.192 mL are far.
+    assert result.errors.near_mm == 2.0 and result.errors.far_ml == pytest.approx(8.192)
     write_csv([result], tmp_path / "metrics.csv")
-    assert "fp_heart_ml" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    header, row = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert "fp_heart_ml" in header and header.endswith("near_mm,extra_near_ml,extra_far_ml,missed_near_ml,missed_far_ml")
+    assert row.endswith("2.00,0.00,8.19,0.00,0.00")
 
 
 def _first_case(monkeypatch, argv: list[str]):

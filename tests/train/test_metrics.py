@@ -9,6 +9,7 @@ import pytest
 
 from train.metrics import (
     dice,
+    error_split,
     evaluate_masks,
     relative_volume_difference,
     surface,
@@ -125,3 +126,32 @@ def test_overlap_functions_and_errors():
         dice(a, b[:-1])
     with pytest.raises(ValueError, match="must be 3D"):
         dice(a[0], b[0])
+
+
+def test_error_split_counts_by_hand_what_is_near_the_boundary_and_what_is_far() -> None:
+    spacing = (2.0, 2.0, 2.0)  # 8 uL voxels: 125 voxels = 1 mL
+    reference = np.zeros((40, 40, 40), bool)
+    reference[10:20, 10:20, 10:20] = True
+    mask = reference.copy()
+    mask[10:20, 10:20, 20] = True  # a layer beside the +x face: 100 voxels 2 mm out
+    mask[30:32, 30:32, 30:32] = True  # a blob 10 voxels clear of the reference: 8 voxels
+    mask[10, 10:20, 10:20] = False  # the first slice of the reference: 100 voxels 2 mm in
+    mask[15, 15, 15] = False  # a hole at the centre, 5 voxels (10 mm) from outside: 1 voxel
+    split = error_split(mask, reference, spacing, near_mm=2.0)
+    assert split.extra_near_ml == pytest.approx(100 / 125) and split.extra_far_ml == pytest.approx(8 / 125)
+    assert split.missed_near_ml == pytest.approx(100 / 125) and split.missed_far_ml == pytest.approx(1 / 125)
+    assert split.near_ml == pytest.approx(200 / 125) and split.far_ml == pytest.approx(9 / 125)
+    # Near is "within near_mm": at 20 mm the blob (11 voxels off on each axis, 38 mm) stays far and
+    # the hole (10 mm in) joins the near errors.
+    wider = error_split(mask, reference, spacing, near_mm=20.0)
+    assert wider.extra_far_ml == pytest.approx(8 / 125) and wider.missed_far_ml == 0.0
+
+
+def test_error_split_of_a_perfect_mask_and_of_an_empty_one() -> None:
+    reference = np.zeros((12, 12, 12), bool)
+    reference[3:9, 3:9, 3:9] = True
+    assert error_split(reference, reference, (1.0, 1.0, 1.0), 1.0).near_ml == 0.0
+    nothing = error_split(np.zeros_like(reference), reference, (1.0, 1.0, 1.0), 1.0)
+    # every reference voxel missed: the 6^3 - 4^3 of its outer layer near, the inner 4^3 far
+    assert nothing.missed_near_ml == pytest.approx((216 - 64) / 1000) and nothing.missed_far_ml == pytest.approx(64 / 1000)
+    assert nothing.extra_near_ml == nothing.extra_far_ml == 0.0
