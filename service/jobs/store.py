@@ -57,6 +57,15 @@ class JobsDatabaseError(RuntimeError):
     the message is one sentence that says what to do."""
 
 
+# How long opening the store waits for another process holding the database's lock.
+OPEN_WAIT_S = 10.0
+
+
+def _is_busy(error: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite refused because another connection holds the lock (not a damaged file)."""
+    return getattr(error, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def is_job_id(text: str) -> bool:
     """Whether `text` has the form of an id this store makes."""
     return JOB_ID.fullmatch(text) is not None
@@ -117,16 +126,35 @@ class JobStore:
                 f"The jobs database {path} is empty (0 bytes) beside the jobs it held: it was truncated. Restore it from a backup, or "
                 f"delete it to start with no jobs (the job files under {self.root} are kept)."
             )
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(path, timeout=OPEN_WAIT_S, check_same_thread=False, isolation_level=None)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._use_wal()
             self._migrate(path)
         except sqlite3.DatabaseError as error:
             self._db.close()
+            if _is_busy(error):
+                raise JobsDatabaseError(
+                    f"The jobs database {path} stayed locked by another process for {OPEN_WAIT_S:.0f} s: "
+                    f"another liverseg may be stuck holding it. Stop it, or point this one at another data directory."
+                ) from None
             raise JobsDatabaseError(
                 f"The jobs database {path} is damaged ({error}). Move it aside to start with no jobs "
                 f"(the job files under {self.root} are kept), or restore it from a backup."
             ) from None
+
+    def _use_wal(self) -> None:
+        # Turning a file to WAL needs it to itself, and SQLite answers "locked" at once instead of
+        # waiting when another process opens it that moment (the API and its workers starting
+        # together): try again until OPEN_WAIT_S, as the connection's own timeout does elsewhere.
+        deadline = time.monotonic() + OPEN_WAIT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _migrate(self, path: Path) -> None:
         # One transaction holding the write lock: processes starting together (the API and its
