@@ -230,7 +230,7 @@ def test_processes_opening_an_old_database_together_all_migrate_it(tmp_path: Pat
         with sqlite3.connect(folder / "jobs.sqlite3") as db:
             db.execute(OLD_SCHEMA)
         with ThreadPoolExecutor(8) as pool:
-            stores = list(pool.map(lambda _: JobStore(folder), range(8)))
+            stores = list(pool.map(JobStore, [folder] * 8))
         assert all(store.counts()["queued"] == 0 for store in stores)
         for store in stores:
             store.close()
