@@ -134,7 +134,7 @@ class JobStore:
             self._db.close()
             if _is_busy(error):
                 raise JobsDatabaseError(
-                    f"The jobs database {path} stayed locked by another process for {OPEN_WAIT_S:.0f} s: "
+                    f"The jobs database {path} stayed locked by another process for {OPEN_WAIT_S:g} s: "
                     f"another liverseg may be stuck holding it. Stop it, or point this one at another data directory."
                 ) from None
             raise JobsDatabaseError(
