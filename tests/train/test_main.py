@@ -91,7 +91,7 @@ def test_the_bundled_cards_training_command_chain_still_means_what_it_did():
     # Each step passes --out model_zoo/checkpoints: it exports there, and its --init-from reads there.
     chain = get_card("unet3d_ds.phantom_4mm").training.command
     steps = [shlex.split(step)[3:] for step in chain.split(" && ")]
-    assert len(steps) == 11 and all(shlex.split(step)[:3] == ["python", "-m", "train"] for step in chain.split(" && "))
+    assert len(steps) == 12 and all(shlex.split(step)[:3] == ["python", "-m", "train"] for step in chain.split(" && "))
     for step in steps:
         args = build_parser().parse_args(step)
         assert args.out_dir == "model_zoo/checkpoints" and args.tag == "phantom_4mm"
