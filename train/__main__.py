@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the diseased livers real scans show; validation stays as drawn)")
     p.add_argument("--ascites-fraction", type=float, default=d.ascites_fraction, metavar="F",
                    help="this fraction of those sick livers inside heavy ascites (a 20-40 mm rim of fluid)")
+    p.add_argument("--native-fraction", type=float, default=d.native_fraction, metavar="F",
+                   help="this fraction of the training phantoms scanned without contrast (native phase; the "
+                        "others keep their drawn phase, validation stays as drawn)")
     p.add_argument("--classes", default=d.classes, choices=CLASS_SCHEMES,
                    help="liver: liver or not; organs: the liver and its neighbours (heart, spleen, stomach "
                         "and bowel, kidneys, vessels, gallbladder, pancreas) from the phantoms' tissue maps")

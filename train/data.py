@@ -69,6 +69,7 @@ class CaseSource:
     phantom_anatomy: int = 1
     # make_phantom's disease flags (anatomy 2) as (flag, value) pairs; empty: all drawn
     phantom_disease: tuple[tuple[str, bool | str | float], ...] = ()
+    phantom_phase: str | None = None  # make_phantom's contrast phase; None: drawn
     split: Literal["training", "validation"] | None = None  # fixed by a datalist, else None
     organs: Path | None = None  # a label map of the organs (TotalSegmentator's classes) on the CT's grid
 
@@ -200,6 +201,7 @@ def phantom_sources(
     anatomy: int = 1,
     sick_fraction: float = 0.0,
     ascites_fraction: float = 0.0,
+    native_fraction: float = 0.0,
 ) -> list[CaseSource]:
     """`count` synthetic phantoms with consecutive seeds.
 
@@ -211,8 +213,13 @@ def phantom_sources(
     ascites_fraction: this fraction of the sick ones, spread evenly through them, inside heavy
     ascites (sick_liver_in_ascites, the rims spread over HEAVY_ASCITES_MM); ValueError outside
     [0, 1].
+    native_fraction: this fraction of them, spread evenly through the seeds, scanned without
+    contrast (make_phantom's phase "native"; the others keep their drawn phase). ValueError
+    outside [0, 1].
     """
-    for name, value in (("sick_fraction", sick_fraction), ("ascites_fraction", ascites_fraction)):
+    fractions = (("sick_fraction", sick_fraction), ("ascites_fraction", ascites_fraction),
+                 ("native_fraction", native_fraction))
+    for name, value in fractions:
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
     if sick_fraction and anatomy != 2:
@@ -228,8 +235,11 @@ def phantom_sources(
                 rim = round(lo + (hi - lo) * ((n_sick * 0.6180339887) % 1.0), 1)
                 name, disease = name + f"-ascites{rim:.0f}mm", sick_liver_in_ascites(rim)
             n_sick += 1
+        phase = None
+        if _every(k, native_fraction):
+            name, phase = name + "-native", "native"
         sources.append(CaseSource(name=name, phantom_seed=seed, phantom_spacing_mm=spacing_mm,
-                                  phantom_anatomy=anatomy, phantom_disease=disease))
+                                  phantom_anatomy=anatomy, phantom_disease=disease, phantom_phase=phase))
     return sources
 
 
@@ -283,6 +293,7 @@ def load_case_with_organs(source: CaseSource) -> tuple[sitk.Image, sitk.Image, s
         phantom = make_phantom(
             source.phantom_seed, spacing_xyz_mm=None if spacing is None else (spacing,) * 3,
             anatomy=source.phantom_anatomy, disease=dict(source.phantom_disease) or None,
+            phase=source.phantom_phase,
         )
         return phantom.ct, sitk.Cast(phantom.liver > 0, sitk.sitkUInt8), phantom.tissues
     if source.image is None or source.label is None:

@@ -318,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "the diseased livers real scans show")
     parser.add_argument("--ascites", action="store_true",
                         help="with --sick: every one inside heavy ascites (train.data.HEAVY_ASCITES_MM)")
+    parser.add_argument("--native", action="store_true",
+                        help="every phantom scanned without contrast (make_phantom's phase 'native'), "
+                             "as the second real scan is")
     parser.add_argument("--cases", type=int, default=None, help="evaluate only the first N cases")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--confidence", action="store_true", help="also score the confidence map (AUROC)")
@@ -340,8 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--sick needs --synthetic N --anatomy 2")
     if args.ascites and not args.sick:
         parser.error("--ascites needs --sick")
+    if args.native and not args.synthetic:
+        parser.error("--native needs --synthetic N")
     sources = (phantom_sources(args.synthetic, args.first_seed, anatomy=args.anatomy, sick_fraction=float(args.sick),
-                               ascites_fraction=float(args.ascites))
+                               ascites_fraction=float(args.ascites), native_fraction=float(args.native))
                if args.synthetic else find_cases(args.data, args.format))
     sources = sources[: args.cases] if args.cases else sources
     out = Path(args.out or Path("runs") / "eval" / args.model)

@@ -80,7 +80,8 @@ def select_cases(config: TrainConfig) -> tuple[list[CaseSource], list[CaseSource
             first = ANATOMY_SEED_STEP * (anatomy - 1)
             sick = config.sick_fraction if anatomy == 2 else 0.0
             ascites = config.ascites_fraction if sick else 0.0
-            train_sources += phantom_sources(config.synthetic, first, spacing, anatomy, sick, ascites)
+            train_sources += phantom_sources(config.synthetic, first, spacing, anatomy, sick, ascites,
+                                             config.native_fraction)
             val_sources += phantom_sources(config.n_val, VALIDATION_PHANTOM_SEED + first, spacing, anatomy)
             drawn = "" if anatomy == 1 and len(config.anatomies) == 1 else f", anatomy {anatomy}"
             if sick:
@@ -88,6 +89,8 @@ def select_cases(config: TrainConfig) -> tuple[list[CaseSource], list[CaseSource
                 if ascites:
                     lo, hi = HEAVY_ASCITES_MM
                     drawn += f" ({ascites:.0%} of those inside heavy ascites, a {lo:g}-{hi:g} mm rim)"
+            if config.native_fraction:
+                drawn += f", {config.native_fraction:.0%} of them scanned without contrast (native phase)"
             parts.append(f"{config.synthetic} synthetic phantoms (train.phantoms.make_phantom{drawn}, seeds "
                          f"{first}-{first + config.synthetic - 1})")
         grid = "their own scanner grids" if spacing is None else f"a {spacing:g} mm grid"

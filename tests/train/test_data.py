@@ -186,3 +186,31 @@ def test_an_ascites_fraction_puts_that_share_of_the_sick_livers_inside_heavy_asc
         select_cases(TrainConfig(synthetic=4, phantom_anatomy=2, ascites_fraction=0.5))
     with pytest.raises(ValueError, match=r"ascites_fraction must be in \[0, 1\]"):
         phantom_sources(4, 10_000, anatomy=2, sick_fraction=0.5, ascites_fraction=-0.1)
+
+
+def test_a_native_fraction_scans_that_share_of_the_phantoms_without_contrast() -> None:
+    from dataclasses import replace
+
+    from train.config import TrainConfig
+    from train.data import load_case_with_organs
+    from train.trainer import select_cases
+
+    sources = phantom_sources(10, 0, spacing_mm=6.0, anatomy=1, native_fraction=0.3)
+    native = [s for s in sources if s.phantom_phase]
+    assert [s.phantom_seed for s in native] == [3, 6, 9]  # spread through the seeds
+    assert all(s.phantom_phase == "native" and s.name.endswith("-native") for s in native)
+    assert not any(s.phantom_phase for s in phantom_sources(4, 0))
+    # Seed 3 is drawn in the portal phase: scanned native, its liver loses its enhancement.
+    assert make_phantom(3, spacing_xyz_mm=(6.0,) * 3).params["scan"]["phase"] == "portal"
+    ct, liver, _ = load_case_with_organs(native[0])
+    enhanced, liver0, _ = load_case_with_organs(replace(native[0], name="phantom-3", phantom_phase=None))
+    def median(image: sitk.Image, mask: sitk.Image) -> float:
+        return float(np.median(sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(mask) > 0]))
+    assert median(ct, liver) < 65 and median(ct, liver) + 30 < median(enhanced, liver0)  # 36 and 80 HU
+    # A run: the training phantoms of each anatomy, not the validation ones; the card says so.
+    train, val, text = select_cases(TrainConfig(synthetic=4, n_val=2, phantom_anatomy=(1, 2), native_fraction=0.5))
+    assert [s.phantom_seed for s in train if s.phantom_phase] == [1, 3, 10_001, 10_003]
+    assert not any(s.phantom_phase for s in val)
+    assert text.count("50% of them scanned without contrast (native phase)") == 2
+    with pytest.raises(ValueError, match=r"native_fraction must be in \[0, 1\]"):
+        phantom_sources(4, 0, native_fraction=2.0)

@@ -199,3 +199,16 @@ def test_sick_ascites_evaluates_sick_livers_inside_heavy_ascites(monkeypatch, ti
     assert case.phantom_disease[:2] == SICK_LIVER and disease["ascites"] and disease["ascites_mm"] == 20.0
     with pytest.raises(SystemExit):
         train.evaluate.main([*base, "--ascites"])
+
+
+def test_native_evaluates_phantoms_scanned_without_contrast_and_needs_synthetic(
+    monkeypatch, tiny_checkpoint_dir, tmp_path
+) -> None:
+    import train.evaluate
+
+    base = ["--model", TINY, "--checkpoints", str(tiny_checkpoint_dir), "--device", "cpu", "--out", str(tmp_path)]
+    case = _first_case(monkeypatch, [*base, "--synthetic", "3", "--anatomy", "2", "--native"])
+    assert case.phantom_phase == "native" and case.phantom_anatomy == 2 and case.name.endswith("-native")
+    assert _first_case(monkeypatch, [*base, "--synthetic", "3"]).phantom_phase is None
+    with pytest.raises(SystemExit):
+        train.evaluate.main([*base, "--data", str(tmp_path), "--native"])
