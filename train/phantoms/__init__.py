@@ -40,7 +40,7 @@ scans hold, each element with its own tissue code (HU per phase: native/arterial
   80-120/65-90: below its blood when enhanced), epicardial fat 1.5-7 mm (-120 to -60),
   pericardium 1.5-3 mm (15-45). The liver touches the diaphragm (anatomy 1 left a gap of fat)
   and its left lobe reaches up under the heart.
-- the right lobe's thin inferior tip (60%, parameters.draw_liver_tip): a sheet of liver 6-18 mm
+- the right lobe's thin inferior tip (60%, parameters.draw_liver_tip): a sheet of liver 12-36 mm
   thick along the lateral abdominal wall, from the lobe's middle to 30-70 mm below it, between
   the wall and the colon (a real native-phase scan's largest miss).
 - liver disease (parameters.py: CIRRHOSIS_P, ASCITES_P, TUMOUR_BURDEN_P, ...), per phantom, each

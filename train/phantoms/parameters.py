@@ -244,10 +244,12 @@ def draw_heart(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def draw_liver_tip(rng: np.random.Generator) -> dict[str, Any]:
-    """The right lobe's thin inferior tip (anatomy 2, 60%): a sheet of liver 6-18 mm thick that
-    hangs 30-70 mm below the lobe along the lateral abdominal wall, between the wall and the
-    colon, as in real scans (a 44 mL tip of a native-phase scan at 37 HU was the real example's
-    largest miss). Its front-back place is a fraction of the cavity's half-depth."""
+    """The right lobe's thin inferior tip (anatomy 2, 60%): a sheet of liver that hangs 30-70 mm
+    below the lobe along the lateral abdominal wall, between the wall and the colon, as in real
+    scans (a 44 mL tip of a native-phase scan at 37 HU was the real example's largest miss).
+    `thickness_mm` and `depth_mm` are the sheet's half-axes (liver.liver_parts uses them as
+    radii): 12-36 mm thick and 50-100 mm front to back, as the real tip is 12-30 mm and 60-100 mm
+    over its lowest 40 mm. Its front-back place is a fraction of the cavity's half-depth."""
     return {
         "present": bool(rng.random() < 0.6),
         "thickness_mm": uniform(rng, 6, 18),
