@@ -26,6 +26,7 @@ from train.classes import CLASS_SCHEMES
 from train.config import TrainConfig
 from train.data import DATA_FORMATS
 from train.losses import parse_ds_weights
+from train.phantoms import ANATOMIES
 from train.trainer import train
 
 # Checkpoints a run exports go here under --work-dir unless --out says otherwise: a run
@@ -84,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data", metavar="PATH", help="an MSD task folder, a LiTS folder or a JSON datalist")
     p.add_argument("--phantom-spacing", dest="phantom_spacing_mm", type=float, default=None, metavar="MM",
                    help="draw phantoms on an isotropic MM grid (fast) instead of their scanner grid")
-    p.add_argument("--phantom-anatomy", type=int, nargs="+", default=d.phantom_anatomy, choices=(1, 2),
-                   help="1: the classic phantoms (the bundled model's data); 2: heart, chest-to-pelvis views, "
-                        "diseased livers; '1 2': --synthetic N of each")
+    p.add_argument("--phantom-anatomy", type=int, nargs="+", default=d.phantom_anatomy, choices=ANATOMIES,
+                   help="1: the classic phantoms; 2: heart, chest-to-pelvis views, diseased livers; 3: 2 with the "
+                        "ribs set inside the wall's muscle; '1 2': --synthetic N of each")
     p.add_argument("--sick-fraction", type=float, default=d.sick_fraction, metavar="F",
-                   help="this fraction of the anatomy-2 training phantoms drawn with a cirrhotic liver carrying HCC "
+                   help="this fraction of the anatomy-2 and -3 training phantoms drawn with a cirrhotic liver carrying HCC "
                         "(the diseased livers real scans show; validation stays as drawn)")
     p.add_argument("--ascites-fraction", type=float, default=d.ascites_fraction, metavar="F",
                    help="this fraction of those sick livers inside heavy ascites (a 20-40 mm rim of fluid)")

@@ -35,6 +35,7 @@ from service.io.probability import LEVELS, calibrated, probability_levels
 from service.options import resolve_options
 from service.pipeline import Segmentation, segment
 from train.data import load_case, phantom_sources
+from train.phantoms import ANATOMIES
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fit-cases", type=int, default=4, help="phantoms the temperature is fitted on")
     parser.add_argument("--test-cases", type=int, default=4, help="further phantoms the ECE is measured on")
     parser.add_argument("--first-seed", type=int, default=CALIBRATION_SEED, help="first phantom seed (held out)")
-    parser.add_argument("--anatomy", type=int, default=1, choices=(1, 2), help="phantoms' anatomy (train.evaluate's)")
+    parser.add_argument("--anatomy", type=int, default=1, choices=ANATOMIES, help="phantoms' anatomy (train.evaluate's)")
     parser.add_argument("--phantom-spacing", type=float, default=None, metavar="MM",
                         help="draw the phantoms on an isotropic grid (quick checks; default: each scanner's own grid, as served)")
     parser.add_argument("--device", default="auto")

@@ -32,7 +32,7 @@ class TrainConfig:
     # train.phantoms.make_phantom's anatomy (1: the bundled model's data), or several: `synthetic`
     # phantoms of each (anatomy a from seed ANATOMY_SEED_STEP * (a - 1), so the bodies differ)
     phantom_anatomy: int | tuple[int, ...] = 1
-    # This fraction of the anatomy-2 training phantoms drawn with a cirrhotic liver carrying HCC
+    # This fraction of the anatomy-2 and -3 training phantoms drawn with a cirrhotic liver carrying HCC
     # (train.data.SICK_LIVER; the other flags drawn): the diseased livers real scans show and the
     # drawn rates (cirrhosis 15 %, HCC in half of those) give a few of. Validation stays as drawn.
     sick_fraction: float = 0.0

@@ -65,9 +65,10 @@ class CaseSource:
     phantom_seed: int | None = None
     phantom_spacing_mm: float | None = None  # None: the phantom's own scanner grid (as real CT)
     # 1: the classic phantoms the bundled model learnt from; 2: the anatomy of real scans (heart,
-    # chest-to-pelvis views, diseased livers). The default keeps the recorded training chains exact.
+    # chest-to-pelvis views, diseased livers); 3: 2 with muscle between the liver and bone. The
+    # default keeps the recorded training chains exact.
     phantom_anatomy: int = 1
-    # make_phantom's disease flags (anatomy 2) as (flag, value) pairs; empty: all drawn
+    # make_phantom's disease flags (anatomy 2 and 3) as (flag, value) pairs; empty: all drawn
     phantom_disease: tuple[tuple[str, bool | str | float], ...] = ()
     phantom_phase: str | None = None  # make_phantom's contrast phase; None: drawn
     split: Literal["training", "validation"] | None = None  # fixed by a datalist, else None
@@ -222,8 +223,8 @@ def phantom_sources(
     for name, value in fractions:
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
-    if sick_fraction and anatomy != 2:
-        raise ValueError("sick_fraction needs anatomy 2: anatomy 1 draws no liver disease")
+    if sick_fraction and anatomy == 1:
+        raise ValueError("sick_fraction needs anatomy 2 or 3: anatomy 1 draws no liver disease")
     sources, n_sick = [], 0
     lo, hi = HEAVY_ASCITES_MM
     for k, seed in enumerate(range(first_seed, first_seed + count)):

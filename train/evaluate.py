@@ -41,6 +41,7 @@ from train.organ_leaks import (
     TOTALSEGMENTATOR_GROUPS,
     false_positive_ml_by_organ,
 )
+from train.phantoms import ANATOMIES
 
 log = logging.getLogger(__name__)
 
@@ -311,10 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", default="msd", choices=DATA_FORMATS)
     parser.add_argument("--first-seed", type=int, default=VALIDATION_PHANTOM_SEED,
                         help="first phantom seed (default: the trainer's validation seeds)")
-    parser.add_argument("--anatomy", type=int, default=1, choices=(1, 2),
-                        help="phantoms' anatomy: 1 the classic set (the README's held-out figures), 2 heart and disease")
+    parser.add_argument("--anatomy", type=int, default=1, choices=ANATOMIES,
+                        help="phantoms' anatomy: 1 the classic set (the README's held-out figures), 2 heart and "
+                             "disease, 3 that with the ribs set inside the wall's muscle")
     parser.add_argument("--sick", action="store_true",
-                        help="anatomy 2: every phantom drawn with a cirrhotic liver carrying HCC (train.data.SICK_LIVER), "
+                        help="anatomy 2 or 3: every phantom drawn with a cirrhotic liver carrying HCC (train.data.SICK_LIVER), "
                              "the diseased livers real scans show")
     parser.add_argument("--ascites", action="store_true",
                         help="with --sick: every one inside heavy ascites (train.data.HEAVY_ASCITES_MM)")
@@ -339,8 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     model = load_model(args.model, args.checkpoints, device=device)
-    if args.sick and (args.anatomy != 2 or not args.synthetic):
-        parser.error("--sick needs --synthetic N --anatomy 2")
+    if args.sick and (args.anatomy == 1 or not args.synthetic):
+        parser.error("--sick needs --synthetic N --anatomy 2 or 3")
     if args.ascites and not args.sick:
         parser.error("--ascites needs --sick")
     if args.native and not args.synthetic:

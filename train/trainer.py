@@ -70,15 +70,15 @@ class TrainResult:
 def select_cases(config: TrainConfig) -> tuple[list[CaseSource], list[CaseSource], str]:
     """(training sources, validation sources, a sentence describing the data for the card)."""
     if config.synthetic > 0:
-        if config.sick_fraction and 2 not in config.anatomies:
-            raise ValueError("--sick-fraction needs anatomy 2 phantoms (--phantom-anatomy 2 or '1 2')")
+        if config.sick_fraction and max(config.anatomies) < 2:
+            raise ValueError("--sick-fraction needs anatomy 2 or 3 phantoms (--phantom-anatomy 2 or '1 2')")
         if config.ascites_fraction and not config.sick_fraction:
             raise ValueError("--ascites-fraction is a share of the sick livers: it needs --sick-fraction")
         spacing = config.phantom_spacing_mm
         train_sources, val_sources, parts = [], [], []
         for anatomy in config.anatomies:
             first = ANATOMY_SEED_STEP * (anatomy - 1)
-            sick = config.sick_fraction if anatomy == 2 else 0.0
+            sick = config.sick_fraction if anatomy >= 2 else 0.0
             ascites = config.ascites_fraction if sick else 0.0
             train_sources += phantom_sources(config.synthetic, first, spacing, anatomy, sick, ascites,
                                              config.native_fraction)

@@ -214,3 +214,16 @@ def test_a_native_fraction_scans_that_share_of_the_phantoms_without_contrast() -
     assert text.count("50% of them scanned without contrast (native phase)") == 2
     with pytest.raises(ValueError, match=r"native_fraction must be in \[0, 1\]"):
         phantom_sources(4, 0, native_fraction=2.0)
+
+
+def test_anatomy_3_phantoms_take_their_own_seeds_and_may_be_sick() -> None:
+    from train.config import TrainConfig
+    from train.trainer import select_cases
+
+    train, val, text = select_cases(TrainConfig(synthetic=2, n_val=1, phantom_anatomy=(1, 3), sick_fraction=0.5))
+    assert [(s.phantom_seed, s.phantom_anatomy) for s in train] == [(0, 1), (1, 1), (20_000, 3), (20_001, 3)]
+    assert [(s.phantom_seed, s.phantom_anatomy) for s in val] == [(100_000, 1), (120_000, 3)]
+    assert [s.phantom_seed for s in train if s.phantom_disease] == [20_001]
+    assert "anatomy 3, 50% of them with a cirrhotic liver carrying HCC" in text
+    with pytest.raises(ValueError, match="needs anatomy 2 or 3"):
+        select_cases(TrainConfig(synthetic=2, phantom_anatomy=1, sick_fraction=0.5))

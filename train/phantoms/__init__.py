@@ -62,6 +62,15 @@ scans hold, each element with its own tissue code (HU per phase: native/arterial
   Fatty liver stays anatomy 1's draw. Tumours, necrosis, lipiodol, ducts and vessels are liver
   (LIVER_CODES); the heart (HEART_CODES) and ascites are not.
 
+Anatomies 1 and 2 are frozen (the bundled model's card trains on them; tests pin their pixels).
+Anatomy 3 is anatomy 2 with muscle between the liver and bone, as real scans have it: both real
+samples keep their liver 5.7-6.7 mm from bone over the nearest tenth of its surface near bone,
+and none of it within 3 mm, where anatomy 2 puts a fifth of it within 3 mm.
+- the ribs' inner surface 2-7 mm outside the cavity (parameters.draw_rib_gap; 1 mm before), and
+  the wall's muscle thickened over a rib that then reaches past it.
+- the diaphragm's crura: muscle around the vertebral body and in the gutter beside it out to the
+  back muscles, down to 220 mm below the dome, which the liver no longer fills.
+
 The package, one job a module: tissues (codes, HU ranges, HU draws), fields (smooth random
 fields), canvas (the label map and the shapes painted on it), parameters (the draws), anatomy (the
 landmarks and the paint order), body, heart, abdomen and liver (the painters), scanner

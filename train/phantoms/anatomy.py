@@ -58,7 +58,9 @@ class Anatomy:
         self.left_lobe_lift_mm = self.nodularity = 0.0
         # How far below the diaphragm sheet the liver stops: anatomy 1 leaves a gap of fat.
         self.liver_gap_mm = body["diaphragm_mm"]
-        if anatomy == 2:
+        # Muscle between the cavity and the ribs' inner surface (anatomy 3 draws it).
+        self.rib_gap_mm = body.get("rib_gap_mm", 1.0)
+        if anatomy >= 2:
             self._anatomy2(rngs["fields2"])
 
     def _anatomy2(self, r: np.random.Generator) -> None:
@@ -96,14 +98,14 @@ class Anatomy:
         abdomen.paint_pancreas(self, c)
         abdomen.paint_stomach(self, c)
         abdomen.paint_gallbladder(self, c)
-        if self.version == 2 and self.disease["ascites"]:
+        if self.version >= 2 and self.disease["ascites"]:
             liver.paint_ascites_rim(self, c)  # before the liver, which it pushes off the wall
         liver.paint_liver(self, c)
         liver.paint_liver_vessels(self, c)
-        if self.version == 2 and self.disease["biliary_dilatation"]:
+        if self.version >= 2 and self.disease["biliary_dilatation"]:
             liver.paint_bile_ducts(self, c)
         liver.paint_lesions(self, c)
-        if self.version == 2 and self.disease["ascites"]:
+        if self.version >= 2 and self.disease["ascites"]:
             liver.paint_perihepatic_ascites(self, c)
         abdomen.paint_colon(self, c)
         abdomen.paint_small_bowel(self, c)

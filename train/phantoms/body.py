@@ -122,6 +122,13 @@ def paint_spine(anat: Anatomy, c: Canvas) -> None:
         q = (u - side * (ru * grow + pr * 0.9)) ** 2 + (v - vc) ** 2
         c.paint(box, (q < pr**2) & (pr > 2), MUSCLE, (VISC_FAT,))
     qb = (u / (ru * grow)) ** 2 + ((v - vc) / (rv * grow)) ** 2
+    if anat.version >= 3:
+        # The diaphragm's crura and the muscle beside the spine down to L3: the liver's bare area
+        # lies on the right crus, not on bone, and nothing fills the gutter to the back muscles.
+        crus = anat.b["rib_gap_mm"] + 1.0
+        qc = (u / (ru * grow + crus)) ** 2 + ((v - vc) / (rv * grow + crus)) ** 2
+        gutter = (np.abs(u) < ru * grow + crus) & (v > vc) & (v < canal_v + 10)
+        c.paint(box, ((qc < 1) | gutter) & (box.w > -220.0), MUSCLE, (VISC_FAT, LUNG))
     c.paint(box, (qb < 1) & disc, DISC)
     c.paint(box, (qb < 1) & ~disc, CORTEX)
     shell = 1.0 - max(2.0, 0.6 * float(c.spacing[:2].min())) / (rv * 1.0)
@@ -135,7 +142,11 @@ def paint_spine(anat: Anatomy, c: Canvas) -> None:
 
 
 def paint_ribs(anat: Anatomy, c: Canvas) -> None:
-    """Ribs along the cavity wall down to the costal margin, costal cartilage, sternum."""
+    """Ribs along the cavity wall down to the costal margin, costal cartilage, sternum.
+
+    Their inner surface lies `anat.rib_gap_mm` outside the cavity. Where that puts a rib past the
+    muscle wall (anatomy 3), the wall's muscle is thickened over it, as the obliques and the
+    intercostals cover real ribs."""
     b = anat.b
     box = c.box((-400, -400, -190), (400, 400, 1e4))
     if box is None:
@@ -149,7 +160,7 @@ def paint_ribs(anat: Anatomy, c: Canvas) -> None:
     rho_p, r_p = rho[iy, ix], r[iy, ix]
     alpha = np.arccos(np.clip(box.v[iy, ix] / np.maximum(r_p, 1e-3), -1, 1))  # 0 = posterior
     t, h = b["rib_size_mm"]
-    dr = r_p[None] * (1.0 - s[:, None] / rho_p[None]) - t / 2 - 1.0  # mm outside the cavity
+    dr = r_p[None] * (1.0 - s[:, None] / rho_p[None]) - t / 2 - anat.rib_gap_mm  # mm outside the cavity
     w = box.w[:, 0, :]  # (nz, 1)
     phi = (w + b["rib_slope_mm_per_rad"] * alpha[None]) / b["rib_pitch_mm"]
     k = np.round(phi)
@@ -175,6 +186,10 @@ def paint_ribs(anat: Anatomy, c: Canvas) -> None:
     codes = np.where(stern, np.where(np.abs(dr) < 4, MARROW, CORTEX), codes).astype(np.uint8)
     hit = hit | stern
     flat = sub[:, iy, ix]
+    if anat.version >= 3:
+        out_mm = dr + t / 2 + anat.rib_gap_mm  # mm outside the cavity
+        cover = exists & (out_mm > 0) & (out_mm < anat.rib_gap_mm + t + 3.0) & ~cart
+        flat = np.where(cover & (flat == FAT), MUSCLE, flat).astype(np.uint8)
     allowed = np.isin(flat, (MUSCLE, FAT, VISC_FAT, LUNG))
     flat = np.where(hit & allowed, codes, flat)
     sub[:, iy, ix] = flat

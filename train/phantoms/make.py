@@ -19,6 +19,7 @@ from train.phantoms.parameters import (
     draw_lesions,
     draw_liver_tip,
     draw_organs,
+    draw_rib_gap,
     draw_scan,
     draw_streaks,
     draw_tumours,
@@ -59,7 +60,7 @@ class Phantom:
     tissues: sitk.Image | None = None  # uint8 tissue codes (AIR, LUNG, LIVER, ...) on the same grid
 
 
-ANATOMIES: tuple[int, ...] = (1, 2)
+ANATOMIES: tuple[int, ...] = (1, 2, 3)
 # The generators of anatomy 1, in spawn order: never reorder, insert into or shorten this list.
 CLASSIC_GENERATORS = (
     "scan",
@@ -84,6 +85,8 @@ ANATOMY2_GENERATORS = (
     "streaks",
     "liver_tip",
 )
+# Anatomy 3's, after anatomy 2's: append only.
+ANATOMY3_GENERATORS = ("ribs",)
 
 
 def make_phantom(
@@ -129,7 +132,10 @@ def make_phantom(
         phantoms (the old held-out set, the bundled model's training data) stay reproducible:
         anatomy=1 gives exactly the arrays and params it always gave. 2 (the default) adds what
         real scans hold (see the package docstring); a seed's classic draws are the same in both.
-      disease (anatomy 2): replaces drawn disease flags, e.g. {"cirrhosis": True, "ascites":
+        2 is frozen too, since the bundled model's card trains on it; 3 is 2 with muscle
+        between the liver and bone (see the package docstring) and is the anatomy that grows now.
+        A seed's anatomy 3 is its anatomy 2 but for the ribs, the crura and what they displace.
+      disease (anatomy 2 and 3): replaces drawn disease flags, e.g. {"cirrhosis": True, "ascites":
         True, "tumours": "hcc", "lipiodol": True, "biliary_dilatation": False, "hepatomegaly":
         False}; tumours is one of "none", "benign", "hcc", "metastases"
         (parameters.TUMOUR_BURDENS), lipiodol needs "hcc". A magnitude of draw_disease may be
@@ -144,7 +150,7 @@ def make_phantom(
     seq = np.random.SeedSequence(int(seed))
     # One generator per topic. Anatomy 2's come after the classic ones: a SeedSequence child keeps
     # its index whatever is spawned after it, so the classic draws are the same in both anatomies.
-    names = CLASSIC_GENERATORS + ANATOMY2_GENERATORS
+    names = CLASSIC_GENERATORS + ANATOMY2_GENERATORS + ANATOMY3_GENERATORS
     rngs = dict(zip(names, (np.random.default_rng(s) for s in seq.spawn(len(names))), strict=True))
     scan = draw_scan(rngs["scan"], anatomy)
     body = draw_body(rngs["body"])
@@ -153,7 +159,7 @@ def make_phantom(
     hu_u = {name: float(rngs["hu"].uniform()) for name in CLASSIC_TISSUES}
     tex = {name: float(rngs["texture"].uniform(0.3, 1.5)) for name in sorted(TEXTURE_HU)}
     heart = sick = streaks = None
-    if anatomy == 2:
+    if anatomy >= 2:
         heart = draw_heart(rngs["heart"])
         sick = resolve_disease(draw_disease(rngs["disease"]), dict(disease or {}))
         n_drawn, all_lesions = tumour_lesions(draw_tumours(rngs["tumours"]), sick)
@@ -161,7 +167,9 @@ def make_phantom(
         streaks = draw_streaks(rngs["streaks"])
         organs["liver_tip"] = draw_liver_tip(rngs["liver_tip"])
     elif disease is not None:
-        raise ValueError("disease is anatomy 2's: anatomy 1 draws no liver disease")
+        raise ValueError("disease is anatomy 2's and 3's: anatomy 1 draws no liver disease")
+    if anatomy >= 3:
+        body["rib_gap_mm"] = draw_rib_gap(rngs["ribs"])
 
     if phase is not None:
         if phase not in PHASES:

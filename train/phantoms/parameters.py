@@ -19,7 +19,7 @@ SCAN_KIND_PROBABILITIES = (0.35, 0.1, 0.25, 0.3)
 # Anatomy 2: chest-to-pelvis scans are common in real work, and an abdomen scan starts 20-120 mm
 # above the dome, so the heart is often in view.
 SCAN_KIND_PROBABILITIES_2 = (0.3, 0.35, 0.15, 0.2)
-ABDOMEN_TOP_MM = {1: (20.0, 80.0), 2: (20.0, 120.0)}
+ABDOMEN_TOP_MM = {1: (20.0, 80.0), 2: (20.0, 120.0), 3: (20.0, 120.0)}
 # Anatomy 2's liver disease, per phantom. Liver size: cirrhosis (small, nodular, large caudate)
 # or hepatomegaly, else normal. Ascites: with cirrhosis 60%, without 5%. Tumour burden, by
 # cirrhosis or not: none, benign (hypo/hyperdense lesions and cysts, as anatomy 1's), HCC, or
@@ -257,6 +257,14 @@ def draw_liver_tip(rng: np.random.Generator) -> dict[str, Any]:
         "length_mm": uniform(rng, 30, 70),
         "y": uniform(rng, -0.35, 0.25),
     }
+
+
+def draw_rib_gap(rng: np.random.Generator) -> float:
+    """Anatomy 3: mm of muscle between the cavity (where the liver lies) and the ribs' inner
+    surface, the diaphragm and the innermost intercostals. Anatomy 1 and 2 leave 1 mm, so a
+    fifth of their livers' surface lies within 3 mm of bone; on the two real scans none does, and
+    the nearest tenth of the surface near bone is 5.7-6.7 mm from it."""
+    return uniform(rng, 2, 7)
 
 
 def draw_disease(rng: np.random.Generator) -> dict[str, Any]:
