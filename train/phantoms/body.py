@@ -125,7 +125,7 @@ def paint_spine(anat: Anatomy, c: Canvas) -> None:
     if anat.version >= 3:
         # The diaphragm's crura and the muscle beside the spine down to L3: the liver's bare area
         # lies on the right crus, not on bone, and nothing fills the gutter to the back muscles.
-        crus = anat.b["rib_gap_mm"] + 1.0
+        crus = anat.rib_gap_mm + 1.0
         qc = (u / (ru * grow + crus)) ** 2 + ((v - vc) / (rv * grow + crus)) ** 2
         gutter = (np.abs(u) < ru * grow + crus) & (v > vc) & (v < canal_v + 10)
         c.paint(box, ((qc < 1) | gutter) & (box.w > -220.0), MUSCLE, (VISC_FAT, LUNG))
@@ -160,7 +160,8 @@ def paint_ribs(anat: Anatomy, c: Canvas) -> None:
     rho_p, r_p = rho[iy, ix], r[iy, ix]
     alpha = np.arccos(np.clip(box.v[iy, ix] / np.maximum(r_p, 1e-3), -1, 1))  # 0 = posterior
     t, h = b["rib_size_mm"]
-    dr = r_p[None] * (1.0 - s[:, None] / rho_p[None]) - t / 2 - anat.rib_gap_mm  # mm outside the cavity
+    out_mm = r_p[None] * (1.0 - s[:, None] / rho_p[None])  # mm outside the cavity
+    dr = out_mm - t / 2 - anat.rib_gap_mm  # mm outward from the rib's centre line
     w = box.w[:, 0, :]  # (nz, 1)
     phi = (w + b["rib_slope_mm_per_rad"] * alpha[None]) / b["rib_pitch_mm"]
     k = np.round(phi)
@@ -187,7 +188,6 @@ def paint_ribs(anat: Anatomy, c: Canvas) -> None:
     hit = hit | stern
     flat = sub[:, iy, ix]
     if anat.version >= 3:
-        out_mm = dr + t / 2 + anat.rib_gap_mm  # mm outside the cavity
         cover = exists & (out_mm > 0) & (out_mm < anat.rib_gap_mm + t + 3.0) & ~cart
         flat = np.where(cover & (flat == FAT), MUSCLE, flat).astype(np.uint8)
     allowed = np.isin(flat, (MUSCLE, FAT, VISC_FAT, LUNG))
