@@ -9,7 +9,8 @@ grid), then Dice, HD95, ASSD, VOE, RVD against the reference on the input grid
     python -m train.evaluate --model NAME --data /data/Task03_Liver --format msd --cases 10
     python -m train.evaluate --model NAME --synthetic 10 --grid-ceiling   # what the grid allows
 
-prints a table, and writes `metrics.csv` and `montage.png` (a few axial slices per case, CT with
+prints a table (with whether the summary recommended review, and every case under Dice 0.90
+that it did not), and writes `metrics.csv` and `montage.png` (a few axial slices per case, CT with
 the reference outline in green and the prediction's in red; yellow where they agree) to --out.
 """
 
@@ -62,6 +63,7 @@ class CaseEvaluation:
     tiles: list[np.ndarray] | None = None  # RGB uint8 (TILE_PX, TILE_PX, 3)
     leaks_ml: dict[str, float] | None = None  # false-positive mL by organ group (train.organ_leaks)
     errors: ErrorSplit | None = None  # the wrong mL near the reference's boundary and far from it
+    review_reasons: tuple[str, ...] | None = None  # the summary's review_reasons codes (model only)
 
     def worst_neighbour(self) -> tuple[str, float] | None:
         """The neighbouring organ that holds most of the false positives, and its mL."""
@@ -74,17 +76,20 @@ class CaseEvaluation:
 def predict_case(
     image: sitk.Image, model: LoadedModel, *, device: str = "cpu", confidence: bool = False,
     tta: bool | None = None, overlap: float | None = None,
-) -> tuple[sitk.Image, sitk.Image | None, float]:
-    """The service's mask (uint8 0/1 on `image`'s grid), its confidence map if asked for, and the
-    fraction of the liver below the low-confidence line (what drives "review recommended").
-    `tta` and `overlap` are the request's options of the same names (None: the card's)."""
+) -> tuple[sitk.Image, sitk.Image | None, float, tuple[str, ...]]:
+    """The service's mask (uint8 0/1 on `image`'s grid), its confidence map if asked for, the
+    fraction of the liver below the low-confidence line, and the codes of the summary's
+    `review_reasons` (empty: no review recommended). `tta` and `overlap` are the request's options
+    of the same names (None: the card's)."""
     from service.options import SegmentParams, resolve_options  # the service's own path
     from service.pipeline import segment
+    from service.summary import review_reasons
 
     request = SegmentParams(tta=tta, overlap=overlap, confidence=confidence)
     options = replace(resolve_options(model.card, request), window_device=device)
     result = segment(image, model, options)
-    return result.mask, result.confidence, result.confidence_summary.fraction_below_threshold
+    reasons = tuple(r.code for r in review_reasons(result))
+    return result.mask, result.confidence, result.confidence_summary.fraction_below_threshold, reasons
 
 
 def reference_through_grid(image: sitk.Image, reference: sitk.Image, model: LoadedModel) -> sitk.Image:
@@ -168,9 +173,9 @@ def evaluate_case(
     if (model is None) == (prediction is None):
         raise ValueError("evaluate_case needs exactly one of model= or prediction=")
     start = time.perf_counter()
-    confidence_image, low_fraction = None, None
+    confidence_image, low_fraction, reasons = None, None, None
     if prediction is None:
-        prediction, confidence_image, low_fraction = predict_case(
+        prediction, confidence_image, low_fraction, reasons = predict_case(
             image, model, device=device, confidence=confidence, tta=tta, overlap=overlap)
     if prediction.GetSize() != reference.GetSize():
         raise ValueError(f"prediction size {prediction.GetSize()} != reference size {reference.GetSize()}")
@@ -192,7 +197,8 @@ def evaluate_case(
         leaks = false_positive_ml_by_organ(predicted, truth, labels, organ_groups, voxel_ml)
     return CaseEvaluation(name=name, metrics=metrics, prediction=prediction,
                           seconds=time.perf_counter() - start, confidence_auroc=auroc,
-                          low_confidence_fraction=low_fraction, tiles=rendered, leaks_ml=leaks, errors=errors)
+                          low_confidence_fraction=low_fraction, tiles=rendered, leaks_ml=leaks, errors=errors,
+                          review_reasons=reasons)
 
 
 def montage_tiles(
@@ -246,12 +252,35 @@ COLUMNS = ("dice", "hd95_mm", "assd_mm", "voe_pct", "rvd_pct")
 # differs from the label map), unlabelled voxels (fat, which TotalSegmentator does not label),
 # and the body wall.
 NOT_NEIGHBOURS = ("liver", "unlabelled", "body_wall")
+# A mask under this Dice is one a reader must be sent to look at: issue 14 asks for the review
+# flag on every hand-labelled scan under 0.90. A case under it without the flag is a missed review.
+REVIEW_DICE = 0.90
+
+
+def missed_reviews(results: Sequence[CaseEvaluation]) -> list[CaseEvaluation]:
+    """The cases under REVIEW_DICE whose summary recommended no review (cases without the
+    service's summary, given predictions, are left out)."""
+    return [r for r in results if r.review_reasons == () and r.metrics.dice < REVIEW_DICE]
+
+
+def review_line(results: Sequence[CaseEvaluation]) -> str:
+    """One sentence: how many cases recommend review, and whether every case under REVIEW_DICE does."""
+    judged = [r for r in results if r.review_reasons is not None]
+    if not judged:
+        return ""
+    flagged = sum(1 for r in judged if r.review_reasons)
+    under = [r for r in judged if r.metrics.dice < REVIEW_DICE]
+    missed = missed_reviews(judged)
+    line = f"review recommended on {flagged} of {len(judged)} cases; {len(under)} under Dice {REVIEW_DICE:.2f}"
+    if missed:
+        return line + ", not flagged: " + ", ".join(f"{r.name} ({r.metrics.dice:.3f})" for r in missed)
+    return line + (", every one flagged" if under else "")
 
 
 def format_table(results: Sequence[CaseEvaluation]) -> str:
     """A plain-text table: one row per case and the mean (finite values) at the bottom."""
     header = (f"{'case':<24}" + "".join(f"{c:>10}" for c in COLUMNS) + f"{'auroc':>8}{'s':>7}"
-              + f"{'near mL':>9}{'far mL':>8}  worst leak (mL)")
+              + f"{'near mL':>9}{'far mL':>8}{'review':>8}  worst leak (mL)")
     lines = [header, "-" * len(header)]
     for r in results:
         values = r.metrics.as_dict()
@@ -259,13 +288,16 @@ def format_table(results: Sequence[CaseEvaluation]) -> str:
         worst = r.worst_neighbour()
         leak = "" if worst is None else f"  {worst[0]} {worst[1]:.1f}"
         near, far = ("", "") if r.errors is None else (f"{r.errors.near_ml:.1f}", f"{r.errors.far_ml:.1f}")
+        review = "" if r.review_reasons is None else ("yes" if r.review_reasons else "no")
         lines.append(f"{r.name[:24]:<24}" + "".join(f"{values[c]:>10.3f}" for c in COLUMNS)
-                     + f"{auroc:>8}{r.seconds:>7.1f}{near:>9}{far:>8}{leak}")
+                     + f"{auroc:>8}{r.seconds:>7.1f}{near:>9}{far:>8}{review:>8}{leak}")
     means = []
     for c in COLUMNS:
         finite = [r.metrics.as_dict()[c] for r in results if math.isfinite(r.metrics.as_dict()[c])]
         means.append(f"{np.mean(finite):>10.3f}" if finite else f"{'-':>10}")
     lines += ["-" * len(header), f"{'mean':<24}" + "".join(means)]
+    if summary := review_line(results):
+        lines.append(summary)
     return "\n".join(lines)
 
 
@@ -278,19 +310,24 @@ def mean_metrics(results: Sequence[CaseEvaluation], prefix: str) -> dict[str, fl
     worst = [w[1] for r in results if (w := r.worst_neighbour()) is not None]
     if worst:
         out[f"{prefix}_max_neighbour_fp_ml"] = round(float(max(worst)), 2)
+    judged = [r for r in results if r.review_reasons is not None]
+    if judged:
+        out[f"{prefix}_review_cases"] = float(sum(1 for r in judged if r.review_reasons))
+        out[f"{prefix}_missed_reviews"] = float(len(missed_reviews(judged)))
     return out
 
 
 def write_csv(results: Sequence[CaseEvaluation], path: Path) -> None:
-    """metrics.csv: case, every metric, confidence AUROC, seconds, the false positives by organ, and the
-    wrong mL near the reference's boundary and far from it (train.metrics.ErrorSplit)."""
+    """metrics.csv: case, every metric, confidence AUROC, seconds, the false positives by organ, the
+    wrong mL near the reference's boundary and far from it (train.metrics.ErrorSplit), and the
+    summary's review_reasons codes (space-separated; empty when none, or without the summary)."""
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
         fields = list(CaseMetrics.__dataclass_fields__)
         groups = [*GROUPS, "unlabelled"]
         split = list(ErrorSplit.__dataclass_fields__)  # near_mm, then the four mL
         writer.writerow(["case", *fields, "confidence_auroc", "low_confidence_fraction", "seconds",
-                         *(f"fp_{g}_ml" for g in groups), *split])
+                         *(f"fp_{g}_ml" for g in groups), *split, "review_reasons"])
         for r in results:
             values = r.metrics.as_dict()
             writer.writerow([r.name, *(f"{values[f]:.6g}" for f in fields),
@@ -298,7 +335,8 @@ def write_csv(results: Sequence[CaseEvaluation], path: Path) -> None:
                              "" if r.low_confidence_fraction is None else f"{r.low_confidence_fraction:.4f}",
                              f"{r.seconds:.2f}",
                              *("" if r.leaks_ml is None else f"{r.leaks_ml[g]:.2f}" for g in groups),
-                             *("" if r.errors is None else f"{getattr(r.errors, k):.2f}" for k in split)])
+                             *("" if r.errors is None else f"{getattr(r.errors, k):.2f}" for k in split),
+                             " ".join(r.review_reasons or ())])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

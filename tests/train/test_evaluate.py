@@ -153,8 +153,42 @@ def test_a_case_with_an_organ_map_reports_its_false_positives_by_organ(tmp_path)
     assert result.errors.near_mm == 2.0 and result.errors.far_ml == pytest.approx(8.192)
     write_csv([result], tmp_path / "metrics.csv")
     header, row = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert "fp_heart_ml" in header and header.endswith("near_mm,extra_near_ml,extra_far_ml,missed_near_ml,missed_far_ml")
-    assert row.endswith("2.00,0.00,8.19,0.00,0.00")
+    assert "fp_heart_ml" in header
+    assert header.endswith("near_mm,extra_near_ml,extra_far_ml,missed_near_ml,missed_far_ml,review_reasons")
+    assert row.endswith("2.00,0.00,8.19,0.00,0.00,")  # a given prediction has no summary to ask
+
+
+def test_a_case_through_the_service_carries_its_review_reasons_and_a_miss_is_named(tmp_path) -> None:
+    from dataclasses import replace
+
+    from tests.service.test_pipeline import threshold_model
+    from train.evaluate import missed_reviews, review_line, write_csv
+
+    # The threshold network paints the 200 HU sphere exactly: a 65 mL liver, wholly in view, whose
+    # volume is under the plausible 0.7 L, so the service's summary recommends review for it.
+    ct, sphere = sphere_ct(ORIENTATIONS["oblique"])
+    reference = sitk.GetImageFromArray(sphere.astype(np.uint8))
+    reference.CopyInformation(ct)
+    flagged = evaluate_case(ct, reference, model=threshold_model(), name="small")
+    assert flagged.metrics.dice > 0.95
+    assert flagged.review_reasons == ("volume_low",)
+    # The same case had it been under Dice 0.90 without the flag: a missed review, by name.
+    missed = replace(flagged, name="missed", metrics=replace(flagged.metrics, dice=0.85), review_reasons=())
+    unflagged_good = replace(flagged, name="fine", review_reasons=())
+    given = evaluate_case(ct, reference, prediction=reference, name="given")  # no summary: not judged
+    cases = [flagged, missed, unflagged_good, given]
+    assert missed_reviews(cases) == [missed]
+    assert review_line(cases) == ("review recommended on 1 of 3 cases; 1 under Dice 0.90, "
+                                  "not flagged: missed (0.850)")
+    assert review_line([flagged]) == "review recommended on 1 of 1 cases; 0 under Dice 0.90"
+    assert review_line([given]) == ""
+    table = format_table(cases).splitlines()
+    assert table[-1] == review_line(cases) and table[2].split()[-1] == "yes" and table[3].split()[-1] == "no"
+    recorded = mean_metrics(cases, "x")
+    assert recorded["x_review_cases"] == 1.0 and recorded["x_missed_reviews"] == 1.0
+    write_csv(cases, tmp_path / "metrics.csv")
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert [row.rsplit(",", 1)[1] for row in rows] == ["review_reasons", "volume_low", "", "", ""]
 
 
 def _first_case(monkeypatch, argv: list[str]):
