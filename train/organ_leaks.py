@@ -49,6 +49,7 @@ from train.phantoms import (
     SPLEEN,
     STOOL,
     TABLE,
+    URINARY_BLADDER,
     VISC_FAT,
     YELLOW_MARROW,
 )
@@ -165,7 +166,7 @@ PHANTOM_GROUPS: dict[str, tuple[int, ...]] = {
     "lungs": (LUNG, LUNG_VESSEL),
     "bone": (CORTEX, MARROW, YELLOW_MARROW, CARTILAGE, DISC),
     "body_wall": (SKIN, FAT, MUSCLE, VISC_FAT),  # MUSCLE is the diaphragm too
-    "other": (CSF, TABLE, FOAM, ASCITES),
+    "other": (CSF, TABLE, FOAM, ASCITES, URINARY_BLADDER),  # TotalSegmentator's bladder is "other" too
 }
 
 

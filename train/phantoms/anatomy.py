@@ -107,6 +107,8 @@ class Anatomy:
         liver.paint_lesions(self, c)
         if self.version >= 2 and self.disease["ascites"]:
             liver.paint_perihepatic_ascites(self, c)
+        if self.version >= 3:
+            abdomen.paint_bladder(self, c)  # before the bowel, which fills the fat around it
         abdomen.paint_colon(self, c)
         abdomen.paint_small_bowel(self, c)
         body.paint_pelvis(self, c)

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from train.phantoms.anatomy import Anatomy
 from train.phantoms.canvas import Canvas
 from train.phantoms.parameters import (
+    draw_bladder,
     draw_body,
     draw_disease,
     draw_heart,
@@ -86,7 +87,7 @@ ANATOMY2_GENERATORS = (
     "liver_tip",
 )
 # Anatomy 3's, after anatomy 2's: append only.
-ANATOMY3_GENERATORS = ("ribs",)
+ANATOMY3_GENERATORS = ("ribs", "bladder")
 
 
 def make_phantom(
@@ -170,6 +171,8 @@ def make_phantom(
         raise ValueError("disease is anatomy 2's and 3's: anatomy 1 draws no liver disease")
     if anatomy >= 3:
         body["rib_gap_mm"] = draw_rib_gap(rngs["ribs"])
+        body["bladder"] = draw_bladder(rngs["bladder"])
+        hu_u["urine"] = body["bladder"]["urine_u"]
 
     if phase is not None:
         if phase not in PHASES:

@@ -20,6 +20,9 @@ SCAN_KIND_PROBABILITIES = (0.35, 0.1, 0.25, 0.3)
 # above the dome, so the heart is often in view.
 SCAN_KIND_PROBABILITIES_2 = (0.3, 0.35, 0.15, 0.2)
 ABDOMEN_TOP_MM = {1: (20.0, 80.0), 2: (20.0, 120.0), 3: (20.0, 120.0)}
+# Where abdomen scans end below the dome. Anatomy 3's reach the pelvic floor, as abdomen-pelvis
+# scans do (the second real scan ends below its bladder), so its bladder is in view.
+ABDOMEN_BOTTOM_MM = {1: (-330.0, -230.0), 2: (-330.0, -230.0), 3: (-470.0, -230.0)}
 # Anatomy 2's liver disease, per phantom. Liver size: cirrhosis (small, nodular, large caudate)
 # or hepatomegaly, else normal. Ascites: with cirrhosis 60%, without 5%. Tumour burden, by
 # cirrhosis or not: none, benign (hypo/hyperdense lesions and cysts, as anatomy 1's), HCC, or
@@ -177,7 +180,7 @@ def draw_scan(rng: np.random.Generator, anatomy: int = 1) -> dict[str, Any]:
     p = SCAN_KIND_PROBABILITIES if anatomy == 1 else SCAN_KIND_PROBABILITIES_2
     kind = str(rng.choice(SCAN_KINDS, p=p))
     top_abdomen = uniform(rng, *ABDOMEN_TOP_MM[anatomy])
-    bottom_abdomen = uniform(rng, -330, -230)
+    bottom_abdomen = uniform(rng, *ABDOMEN_BOTTOM_MM[anatomy])
     top_chest = uniform(rng, 120, 220)
     top_liver, bottom_liver = uniform(rng, 10, 50), uniform(rng, -230, -170)
     slab_len, slab_centre = uniform(rng, 20, 120), uniform(rng, -160, -10)
@@ -265,6 +268,22 @@ def draw_rib_gap(rng: np.random.Generator) -> float:
     fifth of their livers' surface lies within 3 mm of bone; on the two real scans none does, and
     the nearest tenth of the surface near bone is 5.7-6.7 mm from it."""
     return uniform(rng, 2, 7)
+
+
+def draw_bladder(rng: np.random.Generator) -> dict[str, Any]:
+    """Anatomy 3: the urinary bladder, empty to full (about 20-600 mL), on the pelvic floor
+    behind the pubis. On the second real scan the bundled model, which had never seen one, took
+    its 324 mL of urine for liver. `urine_u` is the quantile of its HU."""
+    fill = float(rng.uniform())
+    return {
+        "radii_mm": [20 + 35 * fill * uniform(rng, 0.8, 1.2), 15 + 30 * fill * uniform(rng, 0.8, 1.2),
+                     15 + 35 * fill * uniform(rng, 0.8, 1.2)],
+        "x_mm": uniform(rng, -15, 15),
+        "front_gap_mm": uniform(rng, 5, 20),  # between the cavity's front and the bladder
+        "floor_below_iliac_mm": uniform(rng, 130, 170),  # the pelvic floor under the iliac crest
+        "wall_mm": uniform(rng, 2, 5),
+        "urine_u": float(rng.uniform()),
+    }
 
 
 def draw_disease(rng: np.random.Generator) -> dict[str, Any]:

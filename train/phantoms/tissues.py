@@ -18,6 +18,8 @@ HEART_LV, HEART_RV, HEART_LA, HEART_RA, MYOCARDIUM, EPICARDIAL_FAT, PERICARDIUM 
 # Free fluid in the peritoneal cavity; in the liver: necrotic tumour centres, lipiodol after
 # TACE, dilated intrahepatic bile ducts.
 ASCITES, NECROSIS, LIPIODOL, BILE_DUCT = range(55, 59)
+# Anatomy 3's: the urine in the urinary bladder (its wall is MUSCLE).
+URINARY_BLADDER = 59
 # Lesion i is LESION_BASE + i; anatomy 1 numbers its (at most 8) lesions from 40, as it always did.
 CLASSIC_LESION_BASE, CLASSIC_MAX_LESIONS = 40, 8
 LESION_BASE = 100
@@ -93,6 +95,10 @@ HU_RANGES |= {
     "bile_duct": (0.0, 25.0),
 }
 ANATOMY2_TISSUES: tuple[str, ...] = tuple(n for n in HU_RANGES if n not in CLASSIC_TISSUES)
+# Anatomy 3's tissues, drawn from its bladder's generator. Urine is water in every phase these
+# phantoms draw: excreted contrast reaches the bladder only minutes after the delayed phase.
+HU_RANGES |= {"urine": (-5.0, 20.0)}
+ANATOMY3_TISSUES: tuple[str, ...] = ("urine",)
 # How far a fatty (steatotic) liver sits below its phase's range.
 FATTY_LIVER_SHIFT_HU: HURange = (-60.0, -20.0)
 
@@ -109,7 +115,7 @@ TISSUE_OF_CODE: dict[int, str] = {
     MESENTERIC_VESSEL: "portal_vein", HEART_LV: "lv_blood", HEART_RV: "rv_blood",
     HEART_LA: "la_blood", HEART_RA: "ra_blood", MYOCARDIUM: "myocardium",
     EPICARDIAL_FAT: "epicardial_fat", PERICARDIUM: "pericardium", ASCITES: "ascites",
-    NECROSIS: "necrosis", LIPIODOL: "lipiodol", BILE_DUCT: "bile_duct",
+    NECROSIS: "necrosis", LIPIODOL: "lipiodol", BILE_DUCT: "bile_duct", URINARY_BLADDER: "urine",
 }  # fmt: skip
 # Texture (smooth low-frequency variation, e.g. uneven enhancement) amplitude, HU per unit of the
 # draw; only the organs where it shows under the noise get one.

@@ -55,7 +55,8 @@ def test_every_code_is_one_uint8_with_a_tissue_and_an_hu_range() -> None:
     assert LESION_BASE + MAX_LESIONS <= 256
     for code in codes.values():
         assert tissues.TISSUE_OF_CODE[code] in HU_RANGES
-    assert set(tissues.CLASSIC_TISSUES) | set(tissues.ANATOMY2_TISSUES) == set(HU_RANGES)
+    assert set(tissues.CLASSIC_TISSUES) | set(tissues.ANATOMY2_TISSUES) | set(tissues.ANATOMY3_TISSUES) == set(HU_RANGES)
+    assert not set(tissues.ANATOMY3_TISSUES) & (set(tissues.CLASSIC_TISSUES) | set(tissues.ANATOMY2_TISSUES))
 
 
 def test_liver_codes_hold_what_the_label_calls_liver() -> None:
