@@ -70,16 +70,18 @@ and none of it within 3 mm, where anatomy 2 puts a fifth of it within 3 mm.
   the wall's muscle thickened over a rib that then reaches past it.
 - the diaphragm's crura: muscle around the vertebral body and in the gutter beside it out to the
   back muscles, down to 220 mm below the dome, which the liver no longer fills.
-- the urinary bladder (URINARY_BLADDER, urine at -5-20 HU in every phase, in a 2-5 mm muscular
-  wall; parameters.draw_bladder, empty to full, about 20-600 mL) on the pelvic floor 130-170 mm
-  under the iliac crest, behind the pubis; and abdomen scans that end 230-470 mm below the dome
-  (230-330 before), so that about a third show it (43 of the training seeds 20000-20119, 5-439
-  mL). The bundled model, which had never seen one, took the second real scan's 324 mL of urine
-  for liver.
+- the true pelvis (pelvis.py): the urinary bladder (URINARY_BLADDER, urine at -5-20 HU in every
+  phase, in a 2-5 mm muscular wall, empty to full, about 20-600 mL) on the pelvic floor 130-170
+  mm under the iliac crest just behind the pubis; the hip bone's ring around the inlet (pubis,
+  ischia and acetabula, 7-12 mm), lined by 10-20 mm of muscle; the femoral heads; muscle filling
+  the cavity outside the ring (parameters.draw_bladder, draw_true_pelvis). Abdomen scans end
+  230-470 mm below the dome (230-330 before), so about a third show the bladder (43 of the
+  training seeds 20000-20119, 5-439 mL). The bundled model took the second real scan's 324 mL of
+  urine for liver; it does not paint these phantoms' bladders (nor at 45 HU, nor at 625 mL).
 
 The package, one job a module: tissues (codes, HU ranges, HU draws), fields (smooth random
 fields), canvas (the label map and the shapes painted on it), parameters (the draws), anatomy (the
-landmarks and the paint order), body, heart, abdomen and liver (the painters), scanner
+landmarks and the paint order), body, heart, abdomen, liver and pelvis (the painters), scanner
 (intensities, noise, blur, grid and axes), make (make_phantom) and dicom (the series writer).
 
 Public API:

@@ -1,5 +1,5 @@
 """The abdominal organs around the liver: great vessels, kidneys, spleen, pancreas, stomach,
-gallbladder, colon and small bowel, and anatomy 3's urinary bladder."""
+gallbladder, colon and small bowel."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import numpy as np
 from train.phantoms.canvas import Canvas, ellipsoid_box, ellipsoid_q, local, rotation, tube
 from train.phantoms.tissues import (
     AORTA,
-    ASCITES,
     GALLBLADDER,
     GAS,
     GUT_FLUID,
@@ -28,7 +27,6 @@ from train.phantoms.tissues import (
     RENAL_SINUS,
     SPLEEN,
     STOOL,
-    URINARY_BLADDER,
     VISC_FAT,
 )
 
@@ -178,24 +176,6 @@ def paint_gallbladder(anat: Anatomy, c: Canvas) -> None:
     q = ellipsoid_q(box, centre, radii, rot)
     c.paint(box, (q < 1) & anat.clip_below(box), GALLBLADDER, (VISC_FAT,))
     c.paint(box, (q < 1.12) & (q >= 1) & anat.clip_below(box), GUT_WALL, (VISC_FAT,))
-
-
-def paint_bladder(anat: Anatomy, c: Canvas) -> None:
-    """Anatomy 3: the urinary bladder, urine in a muscular wall, behind the pubis on the pelvic
-    floor, pressing bowel and any pelvic ascites aside."""
-    bl = anat.b["bladder"]
-    radii = bl["radii_mm"]
-    w = anat.b["iliac_top_mm"] - bl["floor_below_iliac_mm"] + radii[2]
-    front = -anat.BA * float(anat.z_scale(np.array([w], np.float32))[0])
-    centre = (bl["x_mm"], front + bl["front_gap_mm"] + radii[1], w)
-    outer = [r + bl["wall_mm"] for r in radii]
-    box = c.box(*ellipsoid_box(centre, outer, 2))
-    if box is None:
-        return
-    cavity = anat.at(box, "cavity")[None] < anat.z_scale(box.w) * 0.97
-    free = (VISC_FAT, ASCITES, GUT_WALL, GUT_FLUID, MESENTERIC_VESSEL)
-    c.paint(box, cavity & (ellipsoid_q(box, centre, radii) < 1), URINARY_BLADDER, free)
-    c.paint(box, cavity & (ellipsoid_q(box, centre, outer) < 1), MUSCLE, free)
 
 
 def paint_colon(anat: Anatomy, c: Canvas) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from train.phantoms import abdomen, body, heart, liver
+from train.phantoms import abdomen, body, heart, liver, pelvis
 from train.phantoms.canvas import Box, Canvas
 from train.phantoms.fields import Field
 from train.phantoms.tissues import CLASSIC_LESION_BASE, LESION_BASE
@@ -107,8 +107,9 @@ class Anatomy:
         liver.paint_lesions(self, c)
         if self.version >= 2 and self.disease["ascites"]:
             liver.paint_perihepatic_ascites(self, c)
-        if self.version >= 3:
-            abdomen.paint_bladder(self, c)  # before the bowel, which fills the fat around it
+        if self.version >= 3:  # before the bowel, which fills the fat that is left
+            pelvis.paint_bladder(self, c)
+            pelvis.paint_true_pelvis(self, c)
         abdomen.paint_colon(self, c)
         abdomen.paint_small_bowel(self, c)
         body.paint_pelvis(self, c)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from train.phantoms import pelvis
 from train.phantoms.canvas import Canvas
 from train.phantoms.tissues import (
     AIR,
@@ -196,9 +197,11 @@ def paint_ribs(anat: Anatomy, c: Canvas) -> None:
 
 
 def paint_pelvis(anat: Anatomy, c: Canvas) -> None:
-    """Iliac wings with their muscles below the iliac crest."""
+    """Iliac wings with their muscles below the iliac crest (anatomy 3: down to the brim, where
+    pelvis.paint_true_pelvis takes over)."""
     top = anat.b["iliac_top_mm"]
-    box = c.box((-400, -400, -1e4), (400, 400, top))
+    bottom = pelvis.brim_mm(anat) if anat.version >= 3 else -1e4
+    box = c.box((-400, -400, bottom), (400, 400, top))
     if box is None:
         return
     rho = anat.at(box, "cavity")[None] / anat.z_scale(box.w)

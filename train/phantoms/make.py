@@ -23,6 +23,7 @@ from train.phantoms.parameters import (
     draw_rib_gap,
     draw_scan,
     draw_streaks,
+    draw_true_pelvis,
     draw_tumours,
     resolve_disease,
     tumour_lesions,
@@ -87,7 +88,7 @@ ANATOMY2_GENERATORS = (
     "liver_tip",
 )
 # Anatomy 3's, after anatomy 2's: append only.
-ANATOMY3_GENERATORS = ("ribs", "bladder")
+ANATOMY3_GENERATORS = ("ribs", "pelvis")
 
 
 def make_phantom(
@@ -171,7 +172,8 @@ def make_phantom(
         raise ValueError("disease is anatomy 2's and 3's: anatomy 1 draws no liver disease")
     if anatomy >= 3:
         body["rib_gap_mm"] = draw_rib_gap(rngs["ribs"])
-        body["bladder"] = draw_bladder(rngs["bladder"])
+        body["bladder"] = draw_bladder(rngs["pelvis"])
+        body["true_pelvis"] = draw_true_pelvis(rngs["pelvis"])
         hu_u["urine"] = body["bladder"]["urine_u"]
 
     if phase is not None:

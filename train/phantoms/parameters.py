@@ -279,10 +279,23 @@ def draw_bladder(rng: np.random.Generator) -> dict[str, Any]:
         "radii_mm": [20 + 35 * fill * uniform(rng, 0.8, 1.2), 15 + 30 * fill * uniform(rng, 0.8, 1.2),
                      15 + 35 * fill * uniform(rng, 0.8, 1.2)],
         "x_mm": uniform(rng, -15, 15),
-        "front_gap_mm": uniform(rng, 5, 20),  # between the cavity's front and the bladder
         "floor_below_iliac_mm": uniform(rng, 130, 170),  # the pelvic floor under the iliac crest
         "wall_mm": uniform(rng, 2, 5),
         "urine_u": float(rng.uniform()),
+    }
+
+
+def draw_true_pelvis(rng: np.random.Generator) -> dict[str, Any]:
+    """Anatomy 3: the true pelvis (pelvis.paint_true_pelvis). The inlet is 110-140 mm wide, as
+    an adult's is; the hip bone's ring 7-12 mm thick, lined by 10-20 mm of muscle."""
+    return {
+        "brim_below_iliac_mm": uniform(rng, 40, 60),
+        "inlet_half_width_mm": uniform(rng, 55, 70),
+        "pubis_gap_mm": uniform(rng, 3, 10),  # between the cavity's front and the pubis
+        "lining_mm": uniform(rng, 10, 20),
+        "bone_mm": uniform(rng, 7, 12),
+        "femoral_head_mm": uniform(rng, 21, 26),
+        "hip_above_floor_mm": uniform(rng, 30, 50),
     }
 
 

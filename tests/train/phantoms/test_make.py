@@ -438,39 +438,50 @@ def test_anatomy_3_keeps_muscle_between_the_liver_and_bone(seed: int) -> None:
 
 
 @pytest.mark.parametrize("phase", ["native", "portal"])
-def test_anatomy_3_has_a_urinary_bladder_on_the_pelvic_floor(phase: str) -> None:
+def test_anatomy_3_has_a_urinary_bladder_in_a_true_pelvis(phase: str) -> None:
     """The second real scan's 324 mL bladder was taken for liver by a model that had never seen
-    one: anatomy 3 draws it (urine in a muscular wall, behind the pubis, under the iliac crest),
-    and its abdomen scans reach the pelvic floor. Seed 200005's is 266 mL."""
+    one: anatomy 3 draws it (urine in a muscular wall, behind the pubis, on the pelvic floor) in
+    a true pelvis of bone and muscle, and its abdomen scans reach the floor. Seed 200005's
+    bladder is 266 mL."""
     kw = {"spacing_xyz_mm": (3.0, 3.0, 3.0), "z_range": (-470.0, -200.0), "phase": phase, "direction": IDENTITY}
     old, new = make_phantom(200_005, anatomy=2, **kw), make_phantom(200_005, anatomy=3, **kw)
     ct, liver, tissues = arrays(new)
     urine = tissues == URINARY_BLADDER
     voxel_ml = 27.0 / 1000.0
-    bladder = new.params["body"]["bladder"]
+    body = new.params["body"]
+    bladder, pelvis = body["bladder"], body["true_pelvis"]
     drawn_ml = 4 / 3 * np.pi * np.prod(bladder["radii_mm"]) / 1000.0
     assert urine.sum() * voxel_ml == pytest.approx(drawn_ml, rel=0.05)
     assert 250 < drawn_ml < 280
     lo, hi = HU_RANGES["urine"]
     assert lo - 10 < np.median(ct[urine]) < hi + 10  # the draw, give or take the scanner's offset and cupping
     assert not (liver > 0)[urine].any()
-    # Midline, in front of the bones, its floor 130-170 mm under the iliac crest; walled in muscle.
+    # Midline, in front of the spine, on the floor; walled in muscle.
     z, y, x = (np.mean(a) for a in np.nonzero(urine))
     centre = np.array(new.ct.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(z))))
     dome = np.array(new.params["geometry"]["dome_xyz_mm"])
     assert abs(centre[0] - dome[0] - bladder["x_mm"]) < 8.0  # the body's roll turns it a little
-    assert y < np.nonzero(np.isin(tissues, (CORTEX, MARROW)))[1].mean()  # anterior (LPS: y grows backwards)
-    floor = dome[2] + new.params["body"]["iliac_top_mm"] - bladder["floor_below_iliac_mm"]
+    floor = dome[2] + body["iliac_top_mm"] - bladder["floor_below_iliac_mm"]
     assert centre[2] - floor == pytest.approx(bladder["radii_mm"][2], abs=3.0)
     shell = ndi.binary_dilation(urine, iterations=1) & ~urine
-    assert np.mean(tissues[shell] == MUSCLE) > 0.9
-    # Nothing else of the seed moved but what the bladder took, its wall, and anatomy 3's muscle
-    # over bone (the ribs and crura).
+    assert np.mean(tissues[shell] == MUSCLE) > 0.7  # a 2-5 mm wall against 3 mm voxels
+    # The slice through the bladder's middle: bone in front of it (the pubis), at both sides (the
+    # hip bone's ring) and behind it (the spine), none in it.
+    k = int(round(z))
+    row, col = int(round(y)), int(round(x))
+    bone = np.isin(tissues[k], (CORTEX, MARROW))
+    assert bone[:row, col].any() and bone[row:, col].any()
+    assert bone[row, :col].any() and bone[row, col:].any()
+    assert not bone[urine[k]].any()
+    # Above the brim nothing moved but anatomy 3's muscle over bone (the ribs and crura).
     _, _, t_old = arrays(old)
-    changed = t_old != tissues
-    assert not np.isin(t_old, (URINARY_BLADDER,)).any()
-    bone = (CORTEX, MARROW, CARTILAGE)
-    assert (np.isin(tissues[changed], (URINARY_BLADDER, MUSCLE, *bone)) | np.isin(t_old[changed], bone)).all()
+    brim = dome[2] + body["iliac_top_mm"] - pelvis["brim_below_iliac_mm"]
+    slice_w = np.array([new.ct.TransformIndexToPhysicalPoint((0, 0, i))[2] for i in range(ct.shape[0])])
+    above = slice_w > brim + 3.0
+    changed = (t_old != tissues) & above[:, None, None]
+    assert not np.isin(t_old, (URINARY_BLADDER,)).any() and not urine[above].any()
+    ribs = (CORTEX, MARROW, CARTILAGE)
+    assert (np.isin(tissues[changed], (MUSCLE, *ribs)) | np.isin(t_old[changed], ribs)).all()
 
 
 @pytest.mark.slow
