@@ -37,6 +37,11 @@ def brim_mm(anat: Anatomy) -> float:
     return anat.b["iliac_top_mm"] - anat.b["true_pelvis"]["brim_below_iliac_mm"]
 
 
+def floor_mm(anat: Anatomy) -> float:
+    """Height w of the pelvic floor, where the bladder rests and the hip bone's ring ends."""
+    return anat.b["iliac_top_mm"] - anat.b["bladder"]["floor_below_iliac_mm"]
+
+
 def _inlet(anat: Anatomy, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """The inlet's (inside the lining) half-width, half-depth and centre v at heights w: from
     behind the pubis to the front of the spine (the sacrum's place)."""
@@ -52,7 +57,7 @@ def paint_bladder(anat: Anatomy, c: Canvas) -> None:
     pressing bowel and any pelvic ascites aside."""
     bl, p = anat.b["bladder"], anat.b["true_pelvis"]
     radii = bl["radii_mm"]
-    w = anat.b["iliac_top_mm"] - bl["floor_below_iliac_mm"] + radii[2]
+    w = floor_mm(anat) + radii[2]
     _, half_depth, centre_v = _inlet(anat, np.array([w], np.float32))
     pubis_back = float(centre_v[0] - half_depth[0])
     centre = (bl["x_mm"], pubis_back + p["lining_mm"] / 2 + bl["wall_mm"] + radii[1], w)
@@ -73,10 +78,9 @@ def paint_true_pelvis(anat: Anatomy, c: Canvas) -> None:
     pubis, where the bladder lies in fat), the femoral heads in the acetabula, and the gluteal,
     iliopsoas and obturator externus muscle filling the cavity outside the ring. Below the floor
     only the muscle goes on (the thighs' roots)."""
-    b, p = anat.b, anat.b["true_pelvis"]
-    brim = brim_mm(anat)
-    floor = b["iliac_top_mm"] - b["bladder"]["floor_below_iliac_mm"]
-    box = c.box((-400, -400, -1e4), (400, 400, brim))
+    p = anat.b["true_pelvis"]
+    floor = floor_mm(anat)
+    box = c.box((-400, -400, -1e4), (400, 400, brim_mm(anat)))
     if box is None:
         return
     half_width, half_depth, centre_v = _inlet(anat, box.w)

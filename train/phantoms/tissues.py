@@ -95,7 +95,7 @@ HU_RANGES |= {
     "bile_duct": (0.0, 25.0),
 }
 ANATOMY2_TISSUES: tuple[str, ...] = tuple(n for n in HU_RANGES if n not in CLASSIC_TISSUES)
-# Anatomy 3's tissues, drawn from its bladder's generator. Urine is water in every phase these
+# Anatomy 3's tissues, drawn from its pelvis generator (parameters.draw_bladder). Urine is water in every phase these
 # phantoms draw: excreted contrast reaches the bladder only minutes after the delayed phase.
 HU_RANGES |= {"urine": (-5.0, 20.0)}
 ANATOMY3_TISSUES: tuple[str, ...] = ("urine",)
